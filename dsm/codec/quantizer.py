@@ -1,0 +1,136 @@
+"""Mimi's split residual vector quantizer: 1 semantic codebook + N acoustic ones.
+
+Codebooks are stored as in Kyutai's checkpoints (EMA form): `embedding_sum` [bins, dim] and
+`cluster_usage` [bins]; the effective codebook is embedding_sum / max(cluster_usage, 1e-5).
+Nearest-codeword search uses the matrix-multiply distance ||x||^2 + ||c||^2 - 2 x.c computed as one
+GEMM over augmented vectors, exactly as torch.cdist does, so near-ties resolve like the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_EPSILON = 1e-5
+
+
+class Codebook(nn.Module):
+    def __init__(self, bins: int, dim: int):
+        super().__init__()
+        self.register_buffer("embedding_sum", torch.zeros(bins, dim))
+        self.register_buffer("cluster_usage", torch.ones(bins))
+        self.register_buffer("_initialized", torch.tensor([1.0]))
+        self._embedding: torch.Tensor | None = None
+        self._augmented: torch.Tensor | None = None
+
+    def _load_from_state_dict(self, *args, **kwargs):  # new weights invalidate the derived tables
+        self._embedding = self._augmented = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):  # .to(device/dtype) invalidates them too
+        self._embedding = self._augmented = None
+        return super()._apply(fn, recurse)
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        if self._embedding is None:
+            self._embedding = self.embedding_sum / self.cluster_usage.clamp(min=_EPSILON)[:, None]
+        return self._embedding
+
+    @property
+    def augmented(self) -> torch.Tensor:
+        """[bins, dim + 2] rows (c, 1, ||c||^2), the right operand of the distance GEMM."""
+        if self._augmented is None:
+            emb = self.embedding
+            norm = emb.pow(2).sum(-1, keepdim=True)
+            self._augmented = torch.cat([emb, torch.ones_like(norm), norm], dim=-1)
+        return self._augmented
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Nearest codeword index for each row of x [N, dim]."""
+        norm = x.pow(2).sum(-1, keepdim=True)
+        left = torch.cat([x.mul(-2), norm, torch.ones_like(norm)], dim=-1)
+        dist = left[None].matmul(self.augmented[None].mT)[0]
+        return dist.clamp_min_(0).sqrt_().argmin(dim=-1)
+
+
+class _VectorQuantization(nn.Module):
+    def __init__(self, bins: int, dim: int):
+        super().__init__()
+        self._codebook = Codebook(bins, dim)
+
+
+class _Levels(nn.Module):
+    def __init__(self, n_q: int, bins: int, dim: int):
+        super().__init__()
+        self.layers = nn.ModuleList(_VectorQuantization(bins, dim) for _ in range(n_q))
+
+
+class ResidualVQ(nn.Module):
+    """Residual VQ with its own 1x1 input/output projections (keys `input_proj`, `output_proj`, `vq`)."""
+
+    def __init__(self, n_q: int, dimension: int, input_dimension: int, output_dimension: int, bins: int):
+        super().__init__()
+        self.input_proj = nn.Conv1d(input_dimension, dimension, 1, bias=False)
+        self.output_proj = nn.Conv1d(dimension, output_dimension, 1, bias=False)
+        self.vq = _Levels(n_q, bins, dimension)
+
+    @property
+    def max_n_q(self) -> int:
+        return len(self.vq.layers)
+
+    def encode(self, x: torch.Tensor, n_q: int) -> torch.Tensor:
+        """latent [B, C, T] -> codes [B, n_q, T]."""
+        residual = self.input_proj(x)
+        B, _, T = residual.shape
+        codes = []
+        for level in self.vq.layers[:n_q]:
+            book = level._codebook
+            idx = book.encode(residual.transpose(1, 2).reshape(B * T, -1)).view(B, T)
+            residual = residual - F.embedding(idx, book.embedding).transpose(1, 2)
+            codes.append(idx)
+        return torch.stack(codes, dim=1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, T] (K <= max_n_q) -> latent [B, C_out, T], summing codewords before projecting."""
+        quantized = None
+        for k in range(codes.shape[1]):
+            vec = F.embedding(codes[:, k], self.vq.layers[k]._codebook.embedding).transpose(1, 2)
+            quantized = vec if quantized is None else quantized + vec
+        return self.output_proj(quantized)
+
+
+class SplitResidualVQ(nn.Module):
+    """rvq_first (semantic, 1 level) and rvq_rest (acoustic), both fed the same latent."""
+
+    def __init__(
+        self,
+        n_q: int = 32,
+        n_q_semantic: int = 1,
+        dimension: int = 256,
+        input_dimension: int = 512,
+        output_dimension: int = 512,
+        bins: int = 2048,
+    ):
+        super().__init__()
+        self.n_q_semantic = n_q_semantic
+        self.bins = bins
+        self.rvq_first = ResidualVQ(n_q_semantic, dimension, input_dimension, output_dimension, bins)
+        self.rvq_rest = ResidualVQ(n_q - n_q_semantic, dimension, input_dimension, output_dimension, bins)
+
+    @property
+    def max_n_q(self) -> int:
+        return self.n_q_semantic + self.rvq_rest.max_n_q
+
+    def encode(self, x: torch.Tensor, n_q: int) -> torch.Tensor:
+        codes = self.rvq_first.encode(x, self.n_q_semantic)
+        if n_q > self.n_q_semantic:
+            codes = torch.cat([codes, self.rvq_rest.encode(x, n_q - self.n_q_semantic)], dim=1)
+        return codes
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        quantized = self.rvq_first.decode(codes[:, : self.n_q_semantic])
+        if codes.shape[1] > self.n_q_semantic:
+            quantized = quantized + self.rvq_rest.decode(codes[:, self.n_q_semantic :])
+        return quantized

@@ -1,0 +1,115 @@
+"""Causal SEANet encoder and decoder (Mimi's convolutional front and back ends).
+
+Module indices mirror Kyutai's `encoder.model.<i>` / `decoder.model.<i>` key layout, with ELUs kept
+as (parameter-free) list entries so the numbering matches.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dsm.nn.conv import StreamingConv1d, StreamingConvTranspose1d
+
+
+class ResBlock(nn.Module):
+    """x + conv1x1(ELU(conv3(ELU(x)))), the identity shortcut of SEANet with `true_skip`."""
+
+    def __init__(self, channels: int, kernel_size: int = 3, compress: int = 2):
+        super().__init__()
+        hidden = channels // compress
+        self.block = nn.ModuleList(
+            [
+                nn.ELU(),
+                StreamingConv1d(channels, hidden, kernel_size),
+                nn.ELU(),
+                StreamingConv1d(hidden, channels, 1),
+            ]
+        )
+
+    def init_state(self, batch_size: int) -> list:
+        return [m.init_state(batch_size) if isinstance(m, StreamingConv1d) else None for m in self.block]
+
+    def forward(self, x: torch.Tensor, state: list | None = None, active: torch.Tensor | None = None):
+        y = x
+        for i, module in enumerate(self.block):
+            if isinstance(module, StreamingConv1d):
+                y = module(y, None if state is None else state[i], active)
+            else:
+                y = module(y)
+        return x + y
+
+
+class _SeanetStack(nn.Module):
+    """A list of streaming layers run in order, each with its own state slot."""
+
+    model: nn.ModuleList
+
+    def init_state(self, batch_size: int) -> list:
+        return [m.init_state(batch_size) if hasattr(m, "init_state") else None for m in self.model]
+
+    def forward(self, x: torch.Tensor, state: list | None = None, active: torch.Tensor | None = None):
+        for i, module in enumerate(self.model):
+            if hasattr(module, "init_state"):
+                x = module(x, None if state is None else state[i], active)
+            else:
+                x = module(x)
+        return x
+
+
+class SeanetEncoder(_SeanetStack):
+    """wav [B, 1, T] -> latent [B, dimension, T / prod(ratios)]."""
+
+    def __init__(
+        self,
+        channels: int = 1,
+        dimension: int = 512,
+        n_filters: int = 64,
+        ratios: tuple[int, ...] = (8, 6, 5, 4),
+        kernel_size: int = 7,
+        last_kernel_size: int = 3,
+        residual_kernel_size: int = 3,
+        compress: int = 2,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = [StreamingConv1d(channels, n_filters, kernel_size)]
+        mult = 1
+        for ratio in reversed(ratios):
+            width = mult * n_filters
+            layers += [
+                ResBlock(width, residual_kernel_size, compress),
+                nn.ELU(),
+                StreamingConv1d(width, width * 2, ratio * 2, stride=ratio),
+            ]
+            mult *= 2
+        layers += [nn.ELU(), StreamingConv1d(mult * n_filters, dimension, last_kernel_size)]
+        self.model = nn.ModuleList(layers)
+
+
+class SeanetDecoder(_SeanetStack):
+    """latent [B, dimension, T] -> wav [B, 1, T * prod(ratios)]."""
+
+    def __init__(
+        self,
+        channels: int = 1,
+        dimension: int = 512,
+        n_filters: int = 64,
+        ratios: tuple[int, ...] = (8, 6, 5, 4),
+        kernel_size: int = 7,
+        last_kernel_size: int = 3,
+        residual_kernel_size: int = 3,
+        compress: int = 2,
+    ):
+        super().__init__()
+        mult = 2 ** len(ratios)
+        layers: list[nn.Module] = [StreamingConv1d(dimension, mult * n_filters, kernel_size)]
+        for ratio in ratios:
+            width = mult * n_filters
+            layers += [
+                nn.ELU(),
+                StreamingConvTranspose1d(width, width // 2, ratio * 2, stride=ratio),
+                ResBlock(width // 2, residual_kernel_size, compress),
+            ]
+            mult //= 2
+        layers += [nn.ELU(), StreamingConv1d(n_filters, channels, last_kernel_size)]
+        self.model = nn.ModuleList(layers)
