@@ -35,6 +35,13 @@ def hf_file(repo: str, filename: str, revision: str | None = None) -> Path:
     except ImportError as e:  # pragma: no cover - dependency of the package
         raise CheckpointError("huggingface_hub is required to load models by repo id") from e
     try:
+        # The cache first: no network round trip (and no retries when offline) for cached files.
+        return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
+        pass
+    except HFValidationError as e:
+        raise CheckpointError(f"{repo}: not a local directory nor a valid hub repo id ({e})") from e
+    try:
         return Path(hf_hub_download(repo, filename, revision=revision))
     except LocalEntryNotFoundError as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
@@ -68,12 +75,16 @@ def resolve_reference(ref: str | Path, repo: str | None = None) -> Path:
         if len(parts) < 3:
             raise CheckpointError(f"{text}: expected hf://owner/repo/path/to/file")
         return hf_file("/".join(parts[:2]), "/".join(parts[2:]))
-    if text.startswith("file://"):
+    explicit_local = text.startswith("file://")
+    if explicit_local:
         text = text[len("file://") :]
     path = Path(text).expanduser()
+    bare_name = repo is not None and not explicit_local and not path.is_absolute() and len(path.parts) == 1
+    if bare_name:  # as in Kyutai's configs: a bare name lives in the repo, not the working directory
+        return hf_file(repo, text)
     if path.is_file():
         return path
-    if repo is not None and not path.is_absolute():
+    if repo is not None and not explicit_local and not path.is_absolute():
         return hf_file(repo, text)
     raise CheckpointError(f"{text}: no such file")
 

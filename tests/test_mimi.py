@@ -64,8 +64,8 @@ def test_latent_matches_reference(pair, wav):
     assert (got - expected).abs().max().item() <= 1e-5
 
 
-def _stream_encode(ours: Mimi, wav: torch.Tensor, chunks: list[int]) -> torch.Tensor:
-    enc = ours.streaming_encoder(wav.shape[0])
+def _stream_encode(ours: Mimi, wav: torch.Tensor, chunks: list[int], exact: bool = True) -> torch.Tensor:
+    enc = ours.streaming_encoder(wav.shape[0], exact=exact)
     out, start = [], 0
     for n in chunks:
         out.append(enc.step(wav[..., start * FRAME : (start + n) * FRAME]))
@@ -79,7 +79,33 @@ def test_streaming_encode_equals_one_shot(pair, wav, chunks):
     x = wav[..., : 12 * FRAME]
     with torch.no_grad():
         one_shot = ours.encode(x)
-    assert torch.equal(_stream_encode(ours, x, chunks), one_shot)
+    assert torch.equal(_stream_encode(ours, x, chunks, exact=True), one_shot)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fast_streaming_agrees_with_exact(pair, batch):
+    """The default (fast) streaming kernels differ from the reference's only by float rounding."""
+    _, ours = pair
+    x = oracle.test_signal(batch, 12 * FRAME, seed=40 + batch)
+    exact, fast = ours.streaming_encoder(batch, exact=True), ours.streaming_encoder(batch)
+    chunks = [1, 2, 1, 3, 5]
+    start, worst, same, total = 0, 0.0, 0, 0
+    for n in chunks:
+        piece = x[..., start * FRAME : (start + n) * FRAME]
+        a, b = exact.step_latent(piece), fast.step_latent(piece)
+        worst = max(worst, ((a - b).abs().max() / a.abs().max()).item())
+        codes_a = ours.quantizer.encode(a, 32, exact=True)
+        codes_b = ours.quantizer.encode(b, 32, exact=False)
+        same += (codes_a == codes_b).sum().item()
+        total += codes_a.numel()
+        start += n
+    assert worst <= 1e-5
+    assert same / total >= 0.99
+    dec_exact, dec_fast = ours.streaming_decoder(batch, exact=True), ours.streaming_decoder(batch)
+    codes = ours.encode(x)
+    for k in range(0, 12, 3):
+        a, b = dec_exact.step(codes[..., k : k + 3]), dec_fast.step(codes[..., k : k + 3])
+        assert (a - b).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("chunks", [[1] * 12, [2, 1, 4, 5]], ids=["frame-by-frame", "uneven"])
@@ -88,7 +114,7 @@ def test_streaming_decode_equals_one_shot(pair, wav, chunks):
     with torch.no_grad():
         codes = ours.encode(wav[..., : 12 * FRAME])
         one_shot = ours.decode(codes)
-    dec = ours.streaming_decoder(2)
+    dec = ours.streaming_decoder(2, exact=True)
     out, start = [], 0
     for n in chunks:
         out.append(dec.step(codes[..., start : start + n]))
@@ -105,7 +131,7 @@ def test_streaming_matches_reference_streaming(pair, wav):
     with torch.no_grad(), ref.streaming(2):
         expected_wav = torch.cat([ref.decode(expected[..., k : k + 1]) for k in range(6)], dim=-1)
     assert torch.equal(_stream_encode(ours, x, [1] * 6), expected)
-    dec = ours.streaming_decoder(2)
+    dec = ours.streaming_decoder(2, exact=True)
     got_wav = torch.cat([dec.step(expected[..., k : k + 1]) for k in range(6)], dim=-1)
     assert (got_wav - expected_wav).abs().max().item() <= 1e-5
 
@@ -117,7 +143,7 @@ def test_batch_with_midway_reset_equals_separate_runs(pair):
     with torch.no_grad():
         separate = [ours.encode(x) for x in (a, b, c)]
         separate_restart = ours.encode(b_restart[..., : 4 * FRAME])
-    enc = ours.streaming_encoder(3)
+    enc = ours.streaming_encoder(3, exact=True)
     got = []
     for k in range(8):
         if k == 4:
@@ -142,7 +168,7 @@ def test_batch_with_midway_reset_equals_separate_runs(pair):
     with torch.no_grad():
         fresh = ours.decode(codes[0:1, :, 4:])
         whole = ours.decode(codes)
-    dec = ours.streaming_decoder(3)
+    dec = ours.streaming_decoder(3, exact=True)
     outs = []
     for k in range(8):
         if k == 4:
@@ -158,7 +184,7 @@ def test_idle_streams_keep_their_state(pair):
     x = oracle.test_signal(2, 6 * FRAME, seed=21)
     with torch.no_grad():
         expected = ours.encode(x)
-    enc = ours.streaming_encoder(2)
+    enc = ours.streaming_encoder(2, exact=True)
     out0, out1 = [], []
     k1 = 0
     for k in range(6):
@@ -194,7 +220,7 @@ def test_streaming_past_the_attention_ring_matches_reference(tmp_path):
     with torch.no_grad(), ref.streaming(1):
         expected_wav = torch.cat([ref.decode(expected[..., k : k + 1]) for k in range(10)], -1)
     assert torch.equal(_stream_encode(ours, x, [1] * 10), expected)
-    dec = ours.streaming_decoder(1)
+    dec = ours.streaming_decoder(1, exact=True)
     got_wav = torch.cat([dec.step(expected[..., k : k + 1]) for k in range(10)], -1)
     assert (got_wav - expected_wav).abs().max().item() <= 1e-5
 
@@ -283,3 +309,21 @@ def test_input_validation(small_checkpoint):
         enc.step(torch.zeros(3, 1, FRAME))
     with pytest.raises(InputError, match="out of range"):
         enc.reset([5])
+
+
+def test_bfloat16_mode_keeps_codebook_search_in_float32(tmp_path, pair):
+    ref, _ = pair
+    path = oracle.export_mimi(ref, tmp_path / "mimi.safetensors")
+    fp32 = load_mimi(path)
+    bf16 = load_mimi(path).to(torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16
+    assert bf16.quantizer.rvq_first.input_proj.weight.dtype == torch.float32
+    x = oracle.test_signal(1, 4 * FRAME, seed=31)
+    with torch.no_grad():
+        latent32, latent16 = fp32.encode_to_latent(x), bf16.encode_to_latent(x)
+        codes = fp32.encode(x)
+        audio32, audio16 = fp32.decode(codes), bf16.decode(codes)
+    assert latent16.dtype == torch.float32
+    assert ((latent16 - latent32).norm() / latent32.norm()).item() < 0.05
+    assert ((audio16.float() - audio32).norm() / audio32.norm()).item() < 0.05
+    assert bf16.streaming_encoder(1).step(x[..., :FRAME]).shape == (1, 32, 1)

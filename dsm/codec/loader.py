@@ -79,7 +79,8 @@ def load_mimi(
 ) -> Mimi:
     """Build Mimi and load a Kyutai-layout safetensors checkpoint (a file path), in float32, eval mode.
 
-    The model is built on the meta device, so no time is spent on random initialisation.
+    The model is built on the meta device, so no time is spent on random initialisation. Parameters
+    come frozen (inference); call `requires_grad_(True)` to fine-tune.
     """
     source = Path(source)
     state = normalize_keys(read_safetensors(source))
@@ -89,7 +90,7 @@ def load_mimi(
     state = {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.set_num_codebooks(num_codebooks)
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 def save_mimi(model: Mimi, path: str | Path) -> None:

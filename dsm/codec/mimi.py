@@ -86,8 +86,8 @@ class _ConvLayoutTransformer(nn.Module):
             layer_scale=cfg.layer_scale,
         )
 
-    def init_state(self, batch_size: int) -> TransformerState:
-        return self.transformer.init_state(batch_size)
+    def init_state(self, batch_size: int, fast: bool = True) -> TransformerState:
+        return self.transformer.init_state(batch_size, fast)
 
     def forward(self, x: torch.Tensor, state=None, active=None) -> torch.Tensor:
         return self.transformer(x.transpose(1, 2), state, active).transpose(1, 2)
@@ -98,8 +98,8 @@ class _Downsample(nn.Module):
         super().__init__()
         self.conv = StreamingConv1d(dim, dim, 2 * stride, stride=stride, bias=False, pad_mode="replicate")
 
-    def init_state(self, batch_size: int):
-        return self.conv.init_state(batch_size)
+    def init_state(self, batch_size: int, fast: bool = True):
+        return self.conv.init_state(batch_size, fast)
 
     def forward(self, x, state=None, active=None):
         return self.conv(x, state, active)
@@ -110,8 +110,8 @@ class _Upsample(nn.Module):
         super().__init__()
         self.convtr = StreamingConvTranspose1d(dim, dim, 2 * stride, stride=stride, groups=dim, bias=False)
 
-    def init_state(self, batch_size: int):
-        return self.convtr.init_state(batch_size)
+    def init_state(self, batch_size: int, fast: bool = True):
+        return self.convtr.init_state(batch_size, fast)
 
     def forward(self, x, state=None, active=None):
         return self.convtr(x, state, active)
@@ -245,7 +245,7 @@ class Mimi(nn.Module):
     def encode(self, wav: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
         """wav [B, 1, T] float -> codes [B, n_q, ceil(T / 1920)] int64."""
         latent = self.encode_to_latent(wav)
-        return self.quantizer.encode(latent, self._check_n_q(n_q or self.num_codebooks))
+        return self.quantizer.encode(latent, self._check_n_q(self.num_codebooks if n_q is None else n_q))
 
     def decode_latent(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, K, F] -> quantized latent [B, 512, F] (sums every codebook given)."""
@@ -259,11 +259,21 @@ class Mimi(nn.Module):
         return self.decoder(emb)
 
     # -- streaming --------------------------------------------------------------------------------
-    def streaming_encoder(self, batch_size: int, n_q: int | None = None) -> MimiStreamingEncoder:
-        return MimiStreamingEncoder(self, batch_size, self._check_n_q(n_q or self.num_codebooks))
+    def streaming_encoder(
+        self, batch_size: int, n_q: int | None = None, exact: bool = False
+    ) -> MimiStreamingEncoder:
+        """Streaming encoder for `batch_size` independent streams.
 
-    def streaming_decoder(self, batch_size: int) -> MimiStreamingDecoder:
-        return MimiStreamingDecoder(self, batch_size)
+        `exact=True` runs the reference's own kernels, reproducing its streaming codes bit for bit;
+        the default runs faster GEMM forms that agree up to float rounding (so a code can differ
+        where two codewords are within rounding of each other).
+        """
+        n_q = self._check_n_q(self.num_codebooks if n_q is None else n_q)
+        return MimiStreamingEncoder(self, batch_size, n_q, exact)
+
+    def streaming_decoder(self, batch_size: int, exact: bool = False) -> MimiStreamingDecoder:
+        """Streaming decoder for `batch_size` independent streams (`exact` as for the encoder)."""
+        return MimiStreamingDecoder(self, batch_size, exact)
 
 
 def _mask(batch_size: int, streams, device: torch.device) -> torch.Tensor:
@@ -295,13 +305,14 @@ def _reset_states(states, mask: torch.Tensor) -> None:
 class _Stream:
     """Shared bookkeeping of a batch of B codec streams."""
 
-    def __init__(self, mimi: Mimi, batch_size: int, modules: list[nn.Module]):
+    def __init__(self, mimi: Mimi, batch_size: int, modules: list[nn.Module], exact: bool):
         if batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {batch_size}")
         self.mimi = mimi
         self.batch_size = batch_size
+        self.exact = exact
         self.device = next(mimi.parameters()).device
-        self.states = [m.init_state(batch_size) for m in modules]
+        self.states = [m.init_state(batch_size, fast=not exact) for m in modules]
         self.frames = torch.zeros(batch_size, dtype=torch.long)
 
     def reset(self, streams=None) -> None:
@@ -325,14 +336,20 @@ class _Stream:
 class MimiStreamingEncoder(_Stream):
     """Encodes B independent audio streams chunk by chunk (each chunk a whole number of frames)."""
 
-    def __init__(self, mimi: Mimi, batch_size: int, n_q: int):
+    def __init__(self, mimi: Mimi, batch_size: int, n_q: int, exact: bool = False):
         m = mimi
-        super().__init__(mimi, batch_size, [m.encoder, m.encoder_transformer, m.downsample])
+        super().__init__(mimi, batch_size, [m.encoder, m.encoder_transformer, m.downsample], exact)
         self.n_q = n_q
 
     @torch.inference_mode()
     def step(self, wav: torch.Tensor, active=None) -> torch.Tensor:
         """wav [B, 1, k * 1920] -> codes [B, n_q, k]. Streams not in `active` keep their state."""
+        latent = self.step_latent(wav, active)
+        return self.mimi.quantizer.encode(latent, self.n_q, exact=self.exact)
+
+    @torch.inference_mode()
+    def step_latent(self, wav: torch.Tensor, active=None) -> torch.Tensor:
+        """wav [B, 1, k * 1920] -> unquantized float32 latent [B, 512, k] (advances the streams)."""
         mimi = self.mimi
         mimi._check_wav(wav)
         if wav.shape[0] != self.batch_size:
@@ -347,15 +364,15 @@ class MimiStreamingEncoder(_Stream):
         emb = mimi.encoder_transformer(emb, tr, mask)
         emb = mimi.downsample(emb, down, mask)
         self._advance(mask, emb.shape[-1])
-        return mimi.quantizer.encode(emb.float(), self.n_q)
+        return emb.float()
 
 
 class MimiStreamingDecoder(_Stream):
     """Decodes B independent code streams frame by frame (or several frames per call)."""
 
-    def __init__(self, mimi: Mimi, batch_size: int):
+    def __init__(self, mimi: Mimi, batch_size: int, exact: bool = False):
         m = mimi
-        super().__init__(mimi, batch_size, [m.upsample, m.decoder_transformer, m.decoder])
+        super().__init__(mimi, batch_size, [m.upsample, m.decoder_transformer, m.decoder], exact)
 
     @torch.inference_mode()
     def step(self, codes: torch.Tensor, active=None) -> torch.Tensor:

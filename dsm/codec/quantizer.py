@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dsm.nn.gemm import derived_tensors, skinny_linear
+
 _EPSILON = 1e-5
 
 
@@ -21,21 +23,26 @@ class Codebook(nn.Module):
         self.register_buffer("embedding_sum", torch.zeros(bins, dim))
         self.register_buffer("cluster_usage", torch.ones(bins))
         self.register_buffer("_initialized", torch.tensor([1.0]))
+        self._clear()
+
+    def _clear(self) -> None:
         self._embedding: torch.Tensor | None = None
         self._augmented: torch.Tensor | None = None
+        self._augmented_t: torch.Tensor | None = None
 
     def _load_from_state_dict(self, *args, **kwargs):  # new weights invalidate the derived tables
-        self._embedding = self._augmented = None
+        self._clear()
         super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, recurse=True):  # .to(device/dtype) invalidates them too
-        self._embedding = self._augmented = None
+        self._clear()
         return super()._apply(fn, recurse)
 
     @property
     def embedding(self) -> torch.Tensor:
         if self._embedding is None:
-            self._embedding = self.embedding_sum / self.cluster_usage.clamp(min=_EPSILON)[:, None]
+            with derived_tensors():
+                self._embedding = self.embedding_sum / self.cluster_usage.clamp(min=_EPSILON)[:, None]
         return self._embedding
 
     @property
@@ -43,15 +50,34 @@ class Codebook(nn.Module):
         """[bins, dim + 2] rows (c, 1, ||c||^2), the right operand of the distance GEMM."""
         if self._augmented is None:
             emb = self.embedding
-            norm = emb.pow(2).sum(-1, keepdim=True)
-            self._augmented = torch.cat([emb, torch.ones_like(norm), norm], dim=-1)
+            with derived_tensors():
+                norm = emb.pow(2).sum(-1, keepdim=True)
+                self._augmented = torch.cat([emb, torch.ones_like(norm), norm], dim=-1)
         return self._augmented
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Nearest codeword index for each row of x [N, dim]."""
+    @property
+    def augmented_t(self) -> torch.Tensor:
+        """The augmented table transposed to a contiguous [dim + 2, bins]."""
+        if self._augmented_t is None:
+            table = self.augmented
+            with derived_tensors():
+                self._augmented_t = table.t().contiguous()
+        return self._augmented_t
+
+    def encode(self, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """Nearest codeword index for each row of x [N, dim].
+
+        `exact` runs the distance GEMM in the same form as torch.cdist (bit-identical to the
+        reference); otherwise a faster form for few rows, equal up to float rounding.
+        """
         norm = x.pow(2).sum(-1, keepdim=True)
         left = torch.cat([x.mul(-2), norm, torch.ones_like(norm)], dim=-1)
-        dist = left[None].matmul(self.augmented[None].mT)[0]
+        if exact:
+            dist = left[None].matmul(self.augmented[None].mT)[0]
+        elif left.shape[0] <= 2:  # one or two vectors: a row-major [dim + 2, bins] table streams fastest
+            dist = left @ self.augmented_t
+        else:
+            dist = skinny_linear(left, self.augmented)
         return dist.clamp_min_(0).sqrt_().argmin(dim=-1)
 
 
@@ -80,14 +106,14 @@ class ResidualVQ(nn.Module):
     def max_n_q(self) -> int:
         return len(self.vq.layers)
 
-    def encode(self, x: torch.Tensor, n_q: int) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, n_q: int, exact: bool = True) -> torch.Tensor:
         """latent [B, C, T] -> codes [B, n_q, T]."""
         residual = self.input_proj(x)
         B, _, T = residual.shape
         codes = []
         for level in self.vq.layers[:n_q]:
             book = level._codebook
-            idx = book.encode(residual.transpose(1, 2).reshape(B * T, -1)).view(B, T)
+            idx = book.encode(residual.transpose(1, 2).reshape(B * T, -1), exact).view(B, T)
             residual = residual - F.embedding(idx, book.embedding).transpose(1, 2)
             codes.append(idx)
         return torch.stack(codes, dim=1)
@@ -123,10 +149,20 @@ class SplitResidualVQ(nn.Module):
     def max_n_q(self) -> int:
         return self.n_q_semantic + self.rvq_rest.max_n_q
 
-    def encode(self, x: torch.Tensor, n_q: int) -> torch.Tensor:
-        codes = self.rvq_first.encode(x, self.n_q_semantic)
+    def _apply(self, fn, recurse=True):
+        """Follow device moves but never dtype casts: codebook search needs float32."""
+
+        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            return t.to(out.device) if out.dtype != t.dtype else out
+
+        return super()._apply(keep_dtype, recurse)
+
+    def encode(self, x: torch.Tensor, n_q: int, exact: bool = True) -> torch.Tensor:
+        """latent [B, C, T] -> codes [B, n_q, T]; `exact` as in `Codebook.encode`."""
+        codes = self.rvq_first.encode(x, self.n_q_semantic, exact)
         if n_q > self.n_q_semantic:
-            codes = torch.cat([codes, self.rvq_rest.encode(x, n_q - self.n_q_semantic)], dim=1)
+            codes = torch.cat([codes, self.rvq_rest.encode(x, n_q - self.n_q_semantic, exact)], dim=1)
         return codes
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,20 @@ from torch import nn
 from dsm.nn.conv import StreamingConv1d, StreamingConvTranspose1d
 
 
+def _init_states(modules: nn.ModuleList, batch_size: int, fast: bool) -> list:
+    """One state slot per module: the streaming state of stateful ones, None for activations."""
+    return [m.init_state(batch_size, fast) if hasattr(m, "init_state") else None for m in modules]
+
+
+def _run(modules: nn.ModuleList, x: torch.Tensor, states: list | None, active: torch.Tensor | None):
+    for i, module in enumerate(modules):
+        if hasattr(module, "init_state"):
+            x = module(x, None if states is None else states[i], active)
+        else:
+            x = module(x)
+    return x
+
+
 class ResBlock(nn.Module):
     """x + conv1x1(ELU(conv3(ELU(x)))), the identity shortcut of SEANet with `true_skip`."""
 
@@ -27,17 +41,11 @@ class ResBlock(nn.Module):
             ]
         )
 
-    def init_state(self, batch_size: int) -> list:
-        return [m.init_state(batch_size) if isinstance(m, StreamingConv1d) else None for m in self.block]
+    def init_state(self, batch_size: int, fast: bool = True) -> list:
+        return _init_states(self.block, batch_size, fast)
 
     def forward(self, x: torch.Tensor, state: list | None = None, active: torch.Tensor | None = None):
-        y = x
-        for i, module in enumerate(self.block):
-            if isinstance(module, StreamingConv1d):
-                y = module(y, None if state is None else state[i], active)
-            else:
-                y = module(y)
-        return x + y
+        return x + _run(self.block, x, state, active)
 
 
 class _SeanetStack(nn.Module):
@@ -45,16 +53,11 @@ class _SeanetStack(nn.Module):
 
     model: nn.ModuleList
 
-    def init_state(self, batch_size: int) -> list:
-        return [m.init_state(batch_size) if hasattr(m, "init_state") else None for m in self.model]
+    def init_state(self, batch_size: int, fast: bool = True) -> list:
+        return _init_states(self.model, batch_size, fast)
 
     def forward(self, x: torch.Tensor, state: list | None = None, active: torch.Tensor | None = None):
-        for i, module in enumerate(self.model):
-            if hasattr(module, "init_state"):
-                x = module(x, None if state is None else state[i], active)
-            else:
-                x = module(x)
-        return x
+        return _run(self.model, x, state, active)
 
 
 class SeanetEncoder(_SeanetStack):

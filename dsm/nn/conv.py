@@ -11,7 +11,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from dsm.nn.gemm import derived_tensors, skinny_linear
+
+# Streaming chunks up to this many output steps take the GEMM paths below.
+_GEMM_MAX_STEPS = 64
 
 
 def _where_rows(mask: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor) -> None:
@@ -28,6 +32,7 @@ class ConvState:
 
     previous: torch.Tensor  # [B, C_in, kernel - stride]
     first: torch.Tensor  # [B] bool, true until the stream's first chunk (replicate padding)
+    fast: bool = True  # GEMM path for short chunks; False reproduces the reference's kernels exactly
 
     def reset(self, mask: torch.Tensor) -> None:
         self.previous.masked_fill_(mask.view(-1, 1, 1), 0.0)
@@ -62,13 +67,23 @@ class StreamingConv1d(nn.Module):
         self.pad_mode = pad_mode
         self.context = (kernel_size - 1) * dilation + 1 - stride
 
-    def init_state(self, batch_size: int) -> ConvState:
+    def _conv(self, x: torch.Tensor, steps: int, fast: bool) -> torch.Tensor:
+        """The convolution proper. Short streaming chunks run as one GEMM over unfolded windows, which
+        avoids the per-call weight re-layout of the library conv (the results agree to float rounding)."""
+        conv = self.conv.conv
+        if not fast or steps > _GEMM_MAX_STEPS or conv.groups != 1 or conv.dilation[0] != 1:
+            return conv(x)
+        c_out, c_in, k = conv.weight.shape
+        windows = x.unfold(-1, k, self.stride).transpose(1, 2).reshape(x.shape[0], steps, c_in * k)
+        return skinny_linear(windows, conv.weight.view(c_out, c_in * k), conv.bias).transpose(1, 2)
+
+    def init_state(self, batch_size: int, fast: bool = True) -> ConvState:
         weight = self.conv.conv.weight
         previous = torch.zeros(
             batch_size, self.conv.conv.in_channels, self.context, dtype=weight.dtype, device=weight.device
         )
         first = torch.ones(batch_size, dtype=torch.bool, device=weight.device)
-        return ConvState(previous, first)
+        return ConvState(previous, first, fast)
 
     def forward(
         self, x: torch.Tensor, state: ConvState | None = None, active: torch.Tensor | None = None
@@ -83,12 +98,12 @@ class StreamingConv1d(nn.Module):
         if self.context == 0:
             return self.conv.conv(x)
         if state is None:
-            state = self.init_state(x.shape[0])
+            state = self.init_state(x.shape[0], fast=False)
         if self.pad_mode == "replicate":
             first = state.first if active is None else state.first & active
             state.previous.copy_(torch.where(first.view(-1, 1, 1), x[..., :1], state.previous))
         x = torch.cat([state.previous, x], dim=-1)
-        y = self.conv.conv(x)
+        y = self._conv(x, T // self.stride, state.fast)
         _where_rows(active, x[..., -self.context :], state.previous)
         if self.pad_mode == "replicate":
             if active is None:
@@ -103,6 +118,7 @@ class ConvTrState:
     """Overlap of a transposed conv: the last `kernel - stride` output samples, bias removed."""
 
     partial: torch.Tensor  # [B, C_out, kernel - stride]
+    fast: bool = True  # GEMM overlap-add for short chunks; False reproduces the reference's kernels
 
     def reset(self, mask: torch.Tensor) -> None:
         self.partial.masked_fill_(mask.view(-1, 1, 1), 0.0)
@@ -130,8 +146,9 @@ class StreamingConvTranspose1d(nn.Module):
         )
         self.stride = stride
         self.overlap = kernel_size - stride
+        self._gemm_cache: tuple | None = None
 
-    def init_state(self, batch_size: int) -> ConvTrState:
+    def init_state(self, batch_size: int, fast: bool = True) -> ConvTrState:
         weight = self.convtr.convtr.weight
         partial = torch.zeros(
             batch_size,
@@ -140,13 +157,15 @@ class StreamingConvTranspose1d(nn.Module):
             dtype=weight.dtype,
             device=weight.device,
         )
-        return ConvTrState(partial)
+        return ConvTrState(partial, fast)
 
     def forward(
         self, x: torch.Tensor, state: ConvTrState | None = None, active: torch.Tensor | None = None
     ) -> torch.Tensor:
-        y = self.convtr.convtr(x)
         P = self.overlap
+        if state is not None and state.fast and x.shape[-1] <= _GEMM_MAX_STEPS and P == self.stride:
+            return self._overlap_add(x, state, active)
+        y = self.convtr.convtr(x)
         if P == 0:
             return y
         if state is None:
@@ -159,6 +178,35 @@ class StreamingConvTranspose1d(nn.Module):
         _where_rows(active, tail, state.partial)
         return y[..., :-P]
 
+    def _gemm_weight(self) -> torch.Tensor:
+        """The weight as a contiguous [c_out * kernel, c_in] matrix, cached until the weight changes."""
+        weight = self.convtr.convtr.weight
+        version = 0 if weight.is_inference() else weight._version  # inference tensors are immutable
+        key = (weight.data_ptr(), version, weight.dtype, weight.device)
+        if self._gemm_cache is None or self._gemm_cache[0] != key:
+            with derived_tensors():
+                self._gemm_cache = (key, weight.detach().reshape(weight.shape[0], -1).t().contiguous())
+        return self._gemm_cache[1]
 
-def elu(x: torch.Tensor) -> torch.Tensor:
-    return F.elu(x, alpha=1.0)
+    def _overlap_add(self, x: torch.Tensor, state: ConvTrState, active: torch.Tensor | None) -> torch.Tensor:
+        """Streaming path for kernel == 2 * stride: each input step yields 2 * stride samples as one
+        GEMM; the first half overlaps the previous step's second half (carried in `state.partial`)."""
+        convtr = self.convtr.convtr
+        B, c_in, T = x.shape
+        S = self.stride
+        weight = convtr.weight  # [c_in, c_out / groups, 2S]
+        if convtr.groups == 1:
+            c_out = weight.shape[1]
+            z = skinny_linear(x.transpose(1, 2), self._gemm_weight()).view(B, T, c_out, 2 * S)
+        elif convtr.groups == c_in and weight.shape[1] == 1:
+            c_out = c_in
+            z = x.transpose(1, 2)[..., None] * weight[:, 0]
+        else:
+            raise NotImplementedError("grouped transposed conv other than depthwise")
+        heads, tails = z[..., :S], z[..., S:]
+        carried = torch.cat([state.partial[:, None], tails[:, :-1]], dim=1)
+        y = (heads + carried).permute(0, 2, 1, 3).reshape(B, c_out, T * S)
+        if convtr.bias is not None:
+            y = y + convtr.bias[:, None]
+        _where_rows(active, tails[:, -1], state.partial)
+        return y

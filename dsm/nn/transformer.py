@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dsm.nn.gemm import skinny_linear
 from dsm.nn.rope import apply_rope, rope_tables
 
 # One-shot attention over more than this many steps is computed in query blocks to bound memory.
@@ -38,6 +39,7 @@ class TransformerState:
     keys: list[torch.Tensor]  # per layer [B, H, capacity, Dh]
     values: list[torch.Tensor]
     offset: torch.Tensor  # [B] long, positions processed so far by each stream
+    fast: bool = True  # skinny GEMMs for few rows; False reproduces the reference's kernels exactly
 
     def reset(self, mask: torch.Tensor) -> None:
         self.offset.masked_fill_(mask, 0)
@@ -50,15 +52,15 @@ class Attention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(self, x: torch.Tensor, linear=F.linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
-        projected = F.linear(x, self.in_proj_weight).view(B, T, 3, self.num_heads, -1)
+        projected = linear(x, self.in_proj_weight).view(B, T, 3, self.num_heads, -1)
         q, k, v = projected.permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
-    def out(self, x: torch.Tensor) -> torch.Tensor:
+    def out(self, x: torch.Tensor, linear=F.linear) -> torch.Tensor:
         B, H, T, D = x.shape
-        return self.out_proj(x.transpose(1, 2).reshape(B, T, H * D))
+        return linear(x.transpose(1, 2).reshape(B, T, H * D), self.out_proj.weight)
 
 
 class TransformerLayer(nn.Module):
@@ -76,8 +78,8 @@ class TransformerLayer(nn.Module):
             self.layer_scale_1 = LayerScale(dim, layer_scale)
             self.layer_scale_2 = LayerScale(dim, layer_scale)
 
-    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = self.linear2(F.gelu(self.linear1(self.norm2(x))))
+    def feed_forward(self, x: torch.Tensor, linear=F.linear) -> torch.Tensor:
+        update = linear(F.gelu(linear(self.norm2(x), self.linear1.weight)), self.linear2.weight)
         return x.to(update.dtype) + self.layer_scale_2(update)
 
 
@@ -112,7 +114,7 @@ class Transformer(nn.Module):
             TransformerLayer(d_model, num_heads, dim_feedforward, layer_scale) for _ in range(num_layers)
         )
 
-    def init_state(self, batch_size: int) -> TransformerState:
+    def init_state(self, batch_size: int, fast: bool = True) -> TransformerState:
         weight = self.layers[0].self_attn.in_proj_weight
         shape = (batch_size, self.num_heads, self.context, self.head_dim)
 
@@ -121,7 +123,7 @@ class Transformer(nn.Module):
 
         n = len(self.layers)
         offset = torch.zeros(batch_size, dtype=torch.long, device=weight.device)
-        return TransformerState([ring() for _ in range(n)], [ring() for _ in range(n)], offset)
+        return TransformerState([ring() for _ in range(n)], [ring() for _ in range(n)], offset, fast)
 
     def forward(
         self,
@@ -141,13 +143,14 @@ class Transformer(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attend,
+        linear=F.linear,
     ) -> torch.Tensor:
         attn = layer.self_attn
-        q, k, v = attn.qkv(layer.norm1(x))
+        q, k, v = attn.qkv(layer.norm1(x), linear)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        update = attn.out(attend(q, k, v))
+        update = attn.out(attend(q, k, v), linear)
         x = x.to(update.dtype) + layer.layer_scale_1(update)
-        return layer.feed_forward(x)
+        return layer.feed_forward(x, linear)
 
     def _forward_one_shot(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -207,6 +210,6 @@ class Transformer(nn.Module):
                 _write_ring(values, scatter_idx, v, active)  # noqa: B023
                 return F.scaled_dot_product_attention(q, keys, values, mask)  # noqa: B023
 
-            x = self._layer(layer, x, cos, sin, attend)
+            x = self._layer(layer, x, cos, sin, attend, skinny_linear if state.fast else F.linear)
         state.offset.copy_(new_offset)
         return x
