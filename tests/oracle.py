@@ -112,3 +112,51 @@ def export_mimi(mimi, path: Path) -> Path:
 
     save_file(kyutai_layout(mimi.state_dict()), str(path))
     return path
+
+
+def reference_lm(config: dict, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """The reference LMModel for a Kyutai config dict, random weights (the reference's own init)."""
+    import copy
+
+    torch.manual_seed(seed)
+    kwargs = copy.deepcopy(config)
+    for key in ("model_type", "mimi_name", "tokenizer_name", "stt_config", "tts_config", "lm_gen_config"):
+        kwargs.pop(key, None)
+    model = moshi_loaders.get_moshi_lm(None, lm_kwargs=kwargs, device="meta", dtype=dtype)
+    model = model.to_empty(device="cpu")
+    # The reference's truncated-normal init takes ~35 s for these sizes; plain scaled normals are fast.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("alpha") or ("norm" in name and name.endswith(".weight") and p.dim() == 1):
+                p.fill_(1.0).add_(torch.randn(p.shape, generator=gen).to(p.dtype), alpha=0.1)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                fan_in = p.shape[-1] if p.dim() > 1 else p.shape[0]
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+    return model.eval()
+
+
+def export_lm(model, path: Path) -> Path:
+    """Save a reference LMModel in Kyutai's published layout: fused attention projections, stacked
+    along dim 0 across per-step weight sets (`in_proj_weight`, `out_proj.weight`)."""
+    from safetensors.torch import save_file
+
+    stacked: dict[str, dict[int, torch.Tensor]] = {}
+    out = {}
+    for key, value in model.state_dict().items():
+        m = re.match(r"^(.*)\.(in_projs|out_projs)\.(\d+)\.weight$", key)
+        if m:
+            name = (
+                f"{m.group(1)}.in_proj_weight"
+                if m.group(2) == "in_projs"
+                else f"{m.group(1)}.out_proj.weight"
+            )
+            stacked.setdefault(name, {})[int(m.group(3))] = value
+        else:
+            out[key] = value.detach().clone().contiguous()
+    for name, parts in stacked.items():
+        out[name] = torch.cat([parts[i] for i in sorted(parts)], dim=0).contiguous()
+    save_file(out, str(path))
+    return path

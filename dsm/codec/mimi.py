@@ -20,7 +20,7 @@ from dsm.codec.quantizer import SplitResidualVQ
 from dsm.codec.seanet import SeanetDecoder, SeanetEncoder
 from dsm.errors import InputError
 from dsm.nn.conv import StreamingConv1d, StreamingConvTranspose1d
-from dsm.nn.transformer import Transformer, TransformerState
+from dsm.nn.transformer import Transformer, TransformerConfig, TransformerState
 
 
 @dataclass
@@ -77,13 +77,15 @@ class _ConvLayoutTransformer(nn.Module):
     def __init__(self, cfg: MimiConfig):
         super().__init__()
         self.transformer = Transformer(
-            d_model=cfg.dimension,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            dim_feedforward=cfg.dim_feedforward,
-            context=cfg.context,
-            max_period=cfg.max_period,
-            layer_scale=cfg.layer_scale,
+            TransformerConfig(
+                d_model=cfg.dimension,
+                num_heads=cfg.num_heads,
+                num_layers=cfg.num_layers,
+                dim_feedforward=cfg.dim_feedforward,
+                context=cfg.context,
+                max_period=cfg.max_period,
+                layer_scale=cfg.layer_scale,
+            )
         )
 
     def init_state(self, batch_size: int, fast: bool = True) -> TransformerState:
