@@ -73,23 +73,11 @@ def test_tiny_kyutai_checkpoint_passes_the_reference_check():
 
 # -- real architectures, reduced depth -------------------------------------------------------------
 
-ARCHS = {
-    "stt-1b-en_fr": lm_configs.STT_1B,
-    "stt-2.6b-en": lm_configs.STT_2B6,
-    "tts-1.6b-en_fr": lm_configs.TTS_1B6,
-}
 
-
-@pytest.fixture(scope="module", params=list(ARCHS))
-def arch(request, tmp_path_factory):
-    """(config dict, reference model, dsm model loaded from the reference's exported weights)."""
-    oracle = pytest.importorskip("oracle")
-    torch.set_num_threads(2)
-    cfg = lm_configs.reduced(ARCHS[request.param])
-    ref = oracle.reference_lm(cfg, seed=1)
-    path = oracle.export_lm(ref, tmp_path_factory.mktemp("lm") / "model.safetensors")
-    ours = load_lm(path, LMConfig.from_kyutai(cfg), dtype=torch.float32)
-    return request.param, cfg, ref, ours
+@pytest.fixture(scope="module", params=["stt-1b-en_fr", "stt-2.6b-en", "tts-1.6b-en_fr"])
+def arch(request, lm_pairs):
+    """(name, config dict, reference model, dsm model loaded from the reference's exported weights)."""
+    return (request.param, *lm_pairs(request.param))
 
 
 def _random_codes(cfg: dict, batch: int, steps: int, seed: int = 0) -> torch.Tensor:

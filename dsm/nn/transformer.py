@@ -258,11 +258,14 @@ class TransformerState:
         self.step = 0
 
 
-def _write_ring(ring: torch.Tensor, index: torch.Tensor, new: torch.Tensor, active: torch.Tensor | None):
-    """Write `new` [B, H, T, D] into `ring` at slots `index`, leaving inactive streams untouched."""
+def _write_ring(ring: torch.Tensor, slots: torch.Tensor, new: torch.Tensor, active: torch.Tensor | None):
+    """Write `new` [B, H, T, D] into `ring` [B, H, capacity, D] at `slots` [B, T], in place, only for
+    active streams (an indexed put: no pass over the rest of the cache)."""
+    rows = torch.arange(ring.shape[0], device=ring.device)[:, None].expand_as(slots)
+    values = new.transpose(1, 2)  # [B, T, H, D], the layout of ring[rows, :, slots]
     if active is not None:
-        new = torch.where(active.view(-1, 1, 1, 1), new, ring.gather(2, index))
-    ring.scatter_(2, index, new)
+        rows, slots, values = rows[active], slots[active], values[active]
+    ring[rows, :, slots] = values
 
 
 class Transformer(nn.Module):
@@ -422,15 +425,13 @@ class Transformer(nn.Module):
             if cfg.context is not None:
                 valid = valid & (gap < cfg.context)
         mask = valid[:, None]
-        kv_heads = cfg.num_heads // cfg.kv_repeat
-        scatter_idx = write_idx.view(B, 1, T, 1).expand(B, kv_heads, T, cfg.head_dim)
         if state.cross is None and cross_src is not None:
             state.cross = self._cross_kv(cross_src, x.dtype)
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             keys, values = state.keys[i], state.values[i]
-            _write_ring(keys, scatter_idx, k, active)
-            _write_ring(values, scatter_idx, v, active)
+            _write_ring(keys, write_idx, k, active)
+            _write_ring(values, write_idx, v, active)
             keys, values = _expand_kv(keys, cfg.kv_repeat), _expand_kv(values, cfg.kv_repeat)
             return F.scaled_dot_product_attention(q, keys, values, mask)
 

@@ -1,0 +1,40 @@
+"""Shared fixtures: reference models with random weights and dsm models loaded from their export."""
+
+from __future__ import annotations
+
+import lm_configs
+import pytest
+import torch
+
+ARCHS = {
+    "stt-1b-en_fr": lm_configs.STT_1B,
+    "stt-2.6b-en": lm_configs.STT_2B6,
+    "tts-1.6b-en_fr": lm_configs.TTS_1B6,
+}
+
+
+@pytest.fixture(scope="session")
+def lm_pairs(tmp_path_factory):
+    """get(name, dtype) -> (config dict, reference LMModel, dsm LMModel with the same weights), cached.
+
+    Real architectures at 2 layers (2 depformer layers), random weights, exported from the reference
+    in Kyutai's checkpoint layout and loaded through dsm's loader."""
+    oracle = pytest.importorskip("oracle")
+    from dsm.lm import LMConfig, load_lm
+
+    cache: dict = {}
+
+    def get(name: str, dtype: torch.dtype = torch.float32):
+        key = (name, dtype)
+        if key not in cache:
+            torch.set_num_threads(2)
+            cfg = lm_configs.reduced(ARCHS[name])
+            ref = oracle.reference_lm(cfg, seed=1, dtype=dtype)
+            path = oracle.export_lm(ref, tmp_path_factory.mktemp("lm") / "model.safetensors")
+            ours = load_lm(path, LMConfig.from_kyutai(cfg), dtype=dtype)
+            if dtype != torch.float32 and ref.condition_provider is not None:
+                ref.condition_provider.float()  # as the reference loader keeps it
+            cache[key] = (cfg, ref, ours)
+        return cache[key]
+
+    return get
