@@ -30,7 +30,13 @@ def derived_tensors() -> Iterator[None]:
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, computed as weight @ x^T when x has few rows on CPU."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if rows > SKINNY_ROWS or x.device.type != "cpu" or rows == 0 or not weight.is_contiguous():
+    if (
+        rows > SKINNY_ROWS
+        or rows == 0
+        or x.device.type != "cpu"
+        or weight.dtype != torch.float32  # bf16 without native bf16 units: F.linear is faster
+        or not weight.is_contiguous()
+    ):
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     out = torch.mm(weight, flat.t()).t()
