@@ -327,3 +327,13 @@ def test_bfloat16_mode_keeps_codebook_search_in_float32(tmp_path, pair):
     assert ((latent16 - latent32).norm() / latent32.norm()).item() < 0.05
     assert ((audio16.float() - audio32).norm() / audio32.norm()).item() < 0.05
     assert bf16.streaming_encoder(1).step(x[..., :FRAME]).shape == (1, 32, 1)
+
+
+def test_fresh_model_is_initialised():
+    """A Mimi built without a checkpoint (e.g. to train) has proper random weights, not raw memory."""
+    model = Mimi(MimiConfig(num_layers=1))
+    weight = model.encoder_transformer.transformer.layers[0].self_attn.in_proj_weight
+    bound = 1 / weight.shape[1] ** 0.5
+    assert weight.abs().max().item() <= bound
+    assert abs(weight.std().item() - bound / 3**0.5) < 0.1 * bound
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dsm.codec.quantizer import SplitResidualVQ
-from dsm.codec.seanet import SeanetDecoder, SeanetEncoder
+from dsm.codec.seanet import SeanetConfig, SeanetDecoder, SeanetEncoder
 from dsm.errors import InputError
 from dsm.nn.conv import StreamingConv1d, StreamingConvTranspose1d
 from dsm.nn.transformer import Transformer, TransformerConfig, TransformerState
@@ -29,14 +29,7 @@ class MimiConfig:
 
     sample_rate: int = 24_000
     frame_rate: float = 12.5
-    channels: int = 1
-    dimension: int = 512
-    n_filters: int = 64
-    ratios: tuple[int, ...] = (8, 6, 5, 4)
-    kernel_size: int = 7
-    last_kernel_size: int = 3
-    residual_kernel_size: int = 3
-    compress: int = 2
+    seanet: SeanetConfig = field(default_factory=SeanetConfig)
     # transformers
     num_heads: int = 8
     num_layers: int = 8
@@ -49,14 +42,18 @@ class MimiConfig:
     n_q_semantic: int = 1
     codebook_dim: int = 256
     bins: int = 2048
-    extra: dict = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return self.seanet.channels
+
+    @property
+    def dimension(self) -> int:
+        return self.seanet.dimension
 
     @property
     def hop_length(self) -> int:
-        hop = 1
-        for r in self.ratios:
-            hop *= r
-        return hop
+        return self.seanet.hop_length
 
     @property
     def frame_size(self) -> int:
@@ -126,18 +123,8 @@ class Mimi(nn.Module):
         super().__init__()
         cfg = cfg or MimiConfig()
         self.cfg = cfg
-        seanet = dict(
-            channels=cfg.channels,
-            dimension=cfg.dimension,
-            n_filters=cfg.n_filters,
-            ratios=tuple(cfg.ratios),
-            kernel_size=cfg.kernel_size,
-            last_kernel_size=cfg.last_kernel_size,
-            residual_kernel_size=cfg.residual_kernel_size,
-            compress=cfg.compress,
-        )
-        self.encoder = SeanetEncoder(**seanet)
-        self.decoder = SeanetDecoder(**seanet)
+        self.encoder = SeanetEncoder(cfg.seanet)
+        self.decoder = SeanetDecoder(cfg.seanet)
         self.encoder_transformer = _ConvLayoutTransformer(cfg)
         self.decoder_transformer = _ConvLayoutTransformer(cfg)
         self.downsample = _Downsample(cfg.dimension, cfg.resample_stride)

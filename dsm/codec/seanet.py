@@ -6,6 +6,9 @@ as (parameter-free) list entries so the numbering matches.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -60,59 +63,57 @@ class _SeanetStack(nn.Module):
         return _run(self.model, x, state, active)
 
 
+@dataclass
+class SeanetConfig:
+    """SEANet convolution stack of Mimi (the defaults are Kyutai's published model)."""
+
+    channels: int = 1
+    dimension: int = 512
+    n_filters: int = 64
+    ratios: tuple[int, ...] = (8, 6, 5, 4)
+    kernel_size: int = 7
+    last_kernel_size: int = 3
+    residual_kernel_size: int = 3
+    compress: int = 2
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.ratios)
+
+
 class SeanetEncoder(_SeanetStack):
     """wav [B, 1, T] -> latent [B, dimension, T / prod(ratios)]."""
 
-    def __init__(
-        self,
-        channels: int = 1,
-        dimension: int = 512,
-        n_filters: int = 64,
-        ratios: tuple[int, ...] = (8, 6, 5, 4),
-        kernel_size: int = 7,
-        last_kernel_size: int = 3,
-        residual_kernel_size: int = 3,
-        compress: int = 2,
-    ):
+    def __init__(self, cfg: SeanetConfig):
         super().__init__()
-        layers: list[nn.Module] = [StreamingConv1d(channels, n_filters, kernel_size)]
+        layers: list[nn.Module] = [StreamingConv1d(cfg.channels, cfg.n_filters, cfg.kernel_size)]
         mult = 1
-        for ratio in reversed(ratios):
-            width = mult * n_filters
+        for ratio in reversed(cfg.ratios):
+            width = mult * cfg.n_filters
             layers += [
-                ResBlock(width, residual_kernel_size, compress),
+                ResBlock(width, cfg.residual_kernel_size, cfg.compress),
                 nn.ELU(),
                 StreamingConv1d(width, width * 2, ratio * 2, stride=ratio),
             ]
             mult *= 2
-        layers += [nn.ELU(), StreamingConv1d(mult * n_filters, dimension, last_kernel_size)]
+        layers += [nn.ELU(), StreamingConv1d(mult * cfg.n_filters, cfg.dimension, cfg.last_kernel_size)]
         self.model = nn.ModuleList(layers)
 
 
 class SeanetDecoder(_SeanetStack):
     """latent [B, dimension, T] -> wav [B, 1, T * prod(ratios)]."""
 
-    def __init__(
-        self,
-        channels: int = 1,
-        dimension: int = 512,
-        n_filters: int = 64,
-        ratios: tuple[int, ...] = (8, 6, 5, 4),
-        kernel_size: int = 7,
-        last_kernel_size: int = 3,
-        residual_kernel_size: int = 3,
-        compress: int = 2,
-    ):
+    def __init__(self, cfg: SeanetConfig):
         super().__init__()
-        mult = 2 ** len(ratios)
-        layers: list[nn.Module] = [StreamingConv1d(dimension, mult * n_filters, kernel_size)]
-        for ratio in ratios:
-            width = mult * n_filters
+        mult = 2 ** len(cfg.ratios)
+        layers: list[nn.Module] = [StreamingConv1d(cfg.dimension, mult * cfg.n_filters, cfg.kernel_size)]
+        for ratio in cfg.ratios:
+            width = mult * cfg.n_filters
             layers += [
                 nn.ELU(),
                 StreamingConvTranspose1d(width, width // 2, ratio * 2, stride=ratio),
-                ResBlock(width // 2, residual_kernel_size, compress),
+                ResBlock(width // 2, cfg.residual_kernel_size, cfg.compress),
             ]
             mult //= 2
-        layers += [nn.ELU(), StreamingConv1d(n_filters, channels, last_kernel_size)]
+        layers += [nn.ELU(), StreamingConv1d(cfg.n_filters, cfg.channels, cfg.last_kernel_size)]
         self.model = nn.ModuleList(layers)

@@ -11,7 +11,7 @@ RoPE tables are computed once per call and shared by all layers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -42,7 +42,6 @@ class TransformerConfig:
     weights_per_step_schedule: list[int] | None = None
     cross_attention: bool = False
     kv_repeat: int = 1
-    extra: dict = field(default_factory=dict)
 
     @property
     def head_dim(self) -> int:
@@ -163,6 +162,7 @@ class Attention(nn.Module):
         kv_dim = (dim // num_heads) * self.kv_heads
         self.in_dim = dim + 2 * kv_dim
         self.in_proj_weight = nn.Parameter(torch.empty(mult * self.in_dim, dim))
+        nn.init.kaiming_uniform_(self.in_proj_weight, a=5**0.5)  # as nn.Linear initialises its weight
         self.out_proj = nn.Linear(dim, mult * dim, bias=False)
 
     def in_weight(self, index: int) -> torch.Tensor:
