@@ -1,0 +1,383 @@
+"""Speech-to-text with a DSM STT model: whole files, batches of files, and live streams.
+
+Audio is fed as the DSM scripts do (model-spec §4.2, recipe B): 24 kHz mono, right-padded to a multiple of
+1920 samples, preceded by ``ceil(audio_silence_prefix_seconds * 12.5)`` silent 80 ms chunks and followed
+by ``ceil(audio_delay_seconds * 12.5)`` silent chunks (no first-frame duplication). Each chunk is encoded by
+a streaming Mimi into 32 codes and fed to one `LMGen` step, which samples one text token (greedy by
+default). The transcript decodes the tokens > 3; word timestamps follow `words_from_tokens`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dsm.audio import read_audio, resample
+from dsm.codec import Mimi, MimiConfig, load_mimi
+from dsm.engine.generator import LMGen
+from dsm.errors import AudioError, InputError
+from dsm.lm import load_lm
+from dsm.lm.model import LMModel
+from dsm.stt.checkpoint import SttCheckpoint, SttConfig, load_tokenizer
+from dsm.stt.timestamps import (
+    FRAME_RATE,
+    TextTokenizer,
+    Word,
+    WordEnded,
+    WordStarted,
+    WordStream,
+    transcript_text,
+    words_from_tokens,
+)
+
+__all__ = ["SttStream", "Transcriber", "Transcript", "VadStep"]
+
+SAMPLE_RATE = 24_000
+FRAME_SIZE = 1920
+
+
+@dataclass
+class Transcript:
+    """The result of transcribing one audio file.
+
+    ``tokens[i]`` is the text token of step i, counting the prefix and suffix silence; ``vad[i]`` holds the
+    class-0 ("end of turn") probability of each extra head at step i, or ``vad`` is None when the model has
+    no extra heads.
+    """
+
+    text: str
+    words: list[Word]
+    tokens: list[int]
+    vad: torch.Tensor | None
+    prefix_chunks: int
+    duration: float  # seconds of real audio (before padding)
+
+
+@dataclass(frozen=True)
+class VadStep:
+    """Semantic-VAD output of one step: class-0 probability per extra head.
+
+    ``time`` is the end of the chunk fed at that step, in seconds of the real audio (<= 0 during the prefix
+    silence); the model's view lags it by the text delay.
+    """
+
+    step: int
+    time: float
+    probs: tuple[float, ...]
+
+
+SttEvent = WordStarted | WordEnded | VadStep
+AudioInput = str | os.PathLike | bytes | np.ndarray | torch.Tensor
+
+
+class Transcriber:
+    """A loaded STT model (Mimi, LM, tokenizer), reused across calls.
+
+    ``exact=True`` runs the reference kernels (bit-identical to Kyutai's streaming code in float32); the
+    default uses faster kernels that agree up to float rounding. ``temperature`` 0 is greedy (the DSM
+    scripts' setting); otherwise text tokens are sampled among the ``top_k`` most likely.
+    """
+
+    def __init__(
+        self,
+        mimi: Mimi,
+        lm: LMModel,
+        tokenizer: TextTokenizer,
+        stt_config: SttConfig | dict[str, Any] | None = None,
+        *,
+        exact: bool = False,
+        temperature: float = 0.0,
+        top_k: int = 50,
+    ) -> None:
+        if lm.cfg.n_q - lm.cfg.dep_q > mimi.total_codebooks:
+            raise InputError(f"the LM reads {lm.cfg.n_q} codebooks but Mimi has {mimi.total_codebooks}")
+        self.mimi = mimi
+        self.lm = lm
+        self.tokenizer = tokenizer
+        if not isinstance(stt_config, SttConfig):
+            stt_config = SttConfig.from_dict(stt_config)
+        self.stt_config = stt_config
+        self.exact = exact
+        self.temperature = temperature
+        self.top_k = top_k
+        self.padding_id = lm.cfg.existing_text_padding_id
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        hf_repo: str | Path | None = None,
+        *,
+        moshi_weight: str | Path | None = None,
+        mimi_weight: str | Path | None = None,
+        tokenizer: str | Path | None = None,
+        config_path: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        mimi_config: MimiConfig | None = None,
+        exact: bool = False,
+        temperature: float = 0.0,
+    ) -> Transcriber:
+        """Load from a hub repo / model directory and/or explicit files (see `SttCheckpoint.resolve`).
+
+        ``dtype`` is the LM's (default bfloat16 on GPU, float32 on CPU); Mimi runs in float32.
+        """
+        ckpt = SttCheckpoint.resolve(
+            hf_repo,
+            moshi_weight=moshi_weight,
+            mimi_weight=mimi_weight,
+            tokenizer=tokenizer,
+            config_path=config_path,
+        )
+        device = torch.device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        lm_config = ckpt.lm_config
+        tok = load_tokenizer(ckpt.tokenizer)
+        mimi = load_mimi(ckpt.mimi_weight, config=mimi_config, device=device, num_codebooks=lm_config.n_q)
+        lm = load_lm(ckpt.moshi_weight, lm_config, device=device, dtype=dtype)
+        top_k = int(ckpt.lm_gen_config.get("top_k_text", 50))
+        return cls(mimi, lm, tok, ckpt.stt_config, exact=exact, temperature=temperature, top_k=top_k)
+
+    # -- recipe ---------------------------------------------------------------------------------
+    @property
+    def prefix_chunks(self) -> int:
+        """Silent chunks fed before the audio: ceil(prefix seconds * 12.5)."""
+        return math.ceil(self.stt_config.audio_silence_prefix_seconds * FRAME_RATE)
+
+    @property
+    def suffix_chunks(self) -> int:
+        """Silent chunks fed after the audio to flush the delayed text: ceil(delay seconds * 12.5)."""
+        return math.ceil(self.stt_config.audio_delay_seconds * FRAME_RATE)
+
+    @property
+    def num_heads(self) -> int:
+        return self.lm.cfg.extra_heads_num_heads
+
+    def _generator(self, batch: int, temperature: float | None, seeds: Sequence[int] | None) -> LMGen:
+        temp = self.temperature if temperature is None else temperature
+        return LMGen(
+            self.lm, batch, temp=0.0, temp_text=temp, top_k_text=self.top_k, seeds=seeds, exact=self.exact
+        )
+
+    def load_audio(self, source: AudioInput, sample_rate: int | None = None) -> np.ndarray:
+        """24 kHz mono float32 samples of a file (path or bytes) or an array ([T] or [C, T])."""
+        if isinstance(source, str | os.PathLike | bytes | bytearray):
+            if sample_rate is not None:
+                raise InputError("sample_rate applies to arrays; files carry their own rate")
+            wav = read_audio(source, SAMPLE_RATE)
+            name = str(source) if not isinstance(source, bytes | bytearray) else "<bytes>"
+        else:
+            if isinstance(source, torch.Tensor):
+                source = source.detach().cpu().float().numpy()
+            wav = np.asarray(source)
+            if wav.dtype.kind != "f":
+                raise InputError(f"expected floating point samples, got dtype {wav.dtype}")
+            if wav.ndim == 2:
+                wav = wav.mean(axis=0)
+            if wav.ndim != 1:
+                raise InputError(f"expected audio of shape [T] or [C, T], got {tuple(wav.shape)}")
+            if not np.isfinite(wav).all():
+                raise InputError("audio contains non-finite samples (NaN or inf)")
+            wav = resample(wav.astype(np.float32), sample_rate or SAMPLE_RATE, SAMPLE_RATE)
+            name = "<array>"
+        if wav.shape[-1] == 0:
+            raise AudioError(f"{name}: audio is empty (0 samples)")
+        return np.ascontiguousarray(wav, dtype=np.float32)
+
+    # -- whole files ----------------------------------------------------------------------------
+    def transcribe(
+        self,
+        source: AudioInput,
+        sample_rate: int | None = None,
+        *,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> Transcript:
+        """Transcribe one file or array (``sample_rate`` is for arrays; None means 24 kHz)."""
+        wav = self.load_audio(source, sample_rate)
+        return self._run([wav], temperature, None if seed is None else [seed])[0]
+
+    def transcribe_batch(
+        self,
+        sources: Sequence[AudioInput],
+        sample_rate: int | None = None,
+        *,
+        temperature: float | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Transcript]:
+        """Transcribe several files at once through one batched Mimi encoder and one `LMGen`.
+
+        Each file runs exactly as alone: a slot stops (is masked inactive) after its own suffix silence.
+        """
+        if not sources:
+            return []
+        wavs = [self.load_audio(s, sample_rate) for s in sources]
+        return self._run(wavs, temperature, seeds)
+
+    @torch.inference_mode()
+    def _run(
+        self, wavs: list[np.ndarray], temperature: float | None, seeds: Sequence[int] | None
+    ) -> list[Transcript]:
+        B = len(wavs)
+        P, S = self.prefix_chunks, self.suffix_chunks
+        frames = [math.ceil(len(w) / FRAME_SIZE) for w in wavs]
+        steps = [P + f + S for f in frames]
+        total = max(steps)
+        x = torch.zeros(B, 1, total * FRAME_SIZE)
+        for b, w in enumerate(wavs):
+            x[b, 0, P * FRAME_SIZE : P * FRAME_SIZE + len(w)] = torch.from_numpy(w)
+        x = x.to(self.lm.device)
+        n_steps = torch.tensor(steps, device=self.lm.device)
+        encoder = self.mimi.streaming_encoder(B, n_q=self.lm.cfg.n_q, exact=self.exact)
+        gen = self._generator(B, temperature, seeds)
+        tokens = torch.full((B, total), -2, dtype=torch.long)
+        vad = torch.zeros(B, total, self.num_heads)
+        for s in range(total):
+            active = n_steps > s
+            mask = None if bool(active.all()) else active
+            codes = encoder.step(x[..., s * FRAME_SIZE : (s + 1) * FRAME_SIZE], active=mask)
+            out = gen.step(codes[:, :, 0], active=mask)
+            tokens[:, s] = out.tokens[:, 0].cpu()
+            if out.extra_heads:
+                vad[:, s] = torch.stack([h[:, 0] for h in out.extra_heads], dim=1).float().cpu()
+        return [
+            self._transcript(tokens[b, : steps[b]].tolist(), vad[b, : steps[b]], len(w) / SAMPLE_RATE)
+            for b, w in enumerate(wavs)
+        ]
+
+    def _transcript(self, tokens: list[int], vad: torch.Tensor | None, duration: float) -> Transcript:
+        words = words_from_tokens(
+            tokens,
+            self.tokenizer,
+            prefix_chunks=self.prefix_chunks,
+            audio_delay_seconds=self.stt_config.audio_delay_seconds,
+            padding_id=self.padding_id,
+        )
+        text = transcript_text(tokens, self.tokenizer, self.padding_id)
+        return Transcript(text, words, tokens, vad if self.num_heads else None, self.prefix_chunks, duration)
+
+    # -- streaming ------------------------------------------------------------------------------
+    def stream(
+        self,
+        *,
+        asr_delay_in_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> SttStream:
+        """A live session: `push` 24 kHz audio of any length, then `flush` at the end."""
+        return SttStream(self, asr_delay_in_tokens=asr_delay_in_tokens, temperature=temperature, seed=seed)
+
+
+class SttStream:
+    """One live transcription stream (see `Transcriber.stream`).
+
+    Events, in step order: `WordStarted` when a word is complete, `WordEnded` at the next boundary (the
+    Rust server's recipe, `WordStream`, with times in seconds of the real audio) and, when the model has
+    extra heads, a `VadStep` per step. ``asr_delay_in_tokens`` defaults to the prefix chunks plus
+    ``round(audio_delay_seconds * 12.5)`` (6 for stt-1b-en_fr).
+    """
+
+    def __init__(
+        self,
+        transcriber: Transcriber,
+        *,
+        asr_delay_in_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        t = transcriber
+        self.transcriber = t
+        if asr_delay_in_tokens is None:
+            asr_delay_in_tokens = t.prefix_chunks + round(t.stt_config.audio_delay_seconds * FRAME_RATE)
+        self.words = WordStream(asr_delay_in_tokens, t.tokenizer, padding_id=t.padding_id)
+        self._encoder = t.mimi.streaming_encoder(1, n_q=t.lm.cfg.n_q, exact=t.exact)
+        self._gen = t._generator(1, temperature, None if seed is None else [seed])
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self.tokens: list[int] = []
+        self._vad: list[torch.Tensor] = []
+        self.samples = 0
+        self.closed = False
+
+    @property
+    def step(self) -> int:
+        """Steps run so far (silence included)."""
+        return len(self.tokens)
+
+    @torch.inference_mode()
+    def _feed(self, chunk: np.ndarray) -> list[SttEvent]:
+        t = self.transcriber
+        wav = torch.from_numpy(chunk)[None, None].to(t.lm.device)
+        codes = self._encoder.step(wav)
+        out = self._gen.step(codes[:, :, 0])
+        token = int(out.tokens[0, 0])
+        step = len(self.tokens)
+        self.tokens.append(token)
+        events: list[SttEvent] = list(self.words.push(token))
+        if out.extra_heads:
+            probs = torch.stack([h[0, 0] for h in out.extra_heads]).float().cpu()
+            self._vad.append(probs)
+            time = (step + 1 - t.prefix_chunks) / FRAME_RATE
+            events.append(VadStep(step, time, tuple(probs.tolist())))
+        return events
+
+    def _silence(self, n: int) -> list[SttEvent]:
+        events: list[SttEvent] = []
+        for _ in range(n):
+            events.extend(self._feed(np.zeros(FRAME_SIZE, dtype=np.float32)))
+        return events
+
+    def push(self, pcm: np.ndarray | torch.Tensor | Sequence[float]) -> list[SttEvent]:
+        """Feed 24 kHz mono float samples ([T] or [1, T]); returns the events of the whole chunks run."""
+        if self.closed:
+            raise InputError("this stream was flushed; start a new one with Transcriber.stream()")
+        if isinstance(pcm, torch.Tensor):
+            pcm = pcm.detach().cpu().float().numpy()
+        pcm = np.asarray(pcm, dtype=np.float32)
+        if pcm.ndim == 2 and pcm.shape[0] == 1:
+            pcm = pcm[0]
+        if pcm.ndim != 1:
+            raise InputError(f"expected mono audio of shape [T] or [1, T], got {tuple(pcm.shape)}")
+        if not np.isfinite(pcm).all():
+            raise InputError("audio contains non-finite samples (NaN or inf)")
+        events: list[SttEvent] = []
+        if not self.tokens:
+            events.extend(self._silence(self.transcriber.prefix_chunks))
+        self.samples += len(pcm)
+        self._buffer = np.concatenate([self._buffer, pcm])
+        n = len(self._buffer) // FRAME_SIZE
+        for k in range(n):
+            events.extend(self._feed(self._buffer[k * FRAME_SIZE : (k + 1) * FRAME_SIZE]))
+        self._buffer = self._buffer[n * FRAME_SIZE :].copy()
+        return events
+
+    def flush(self) -> list[SttEvent]:
+        """End of audio: pad the partial chunk, feed the suffix silence, and emit the remaining words."""
+        if self.closed:
+            return []
+        events: list[SttEvent] = []
+        if not self.tokens:
+            events.extend(self._silence(self.transcriber.prefix_chunks))
+        if len(self._buffer):
+            chunk = np.zeros(FRAME_SIZE, dtype=np.float32)
+            chunk[: len(self._buffer)] = self._buffer
+            self._buffer = np.zeros(0, dtype=np.float32)
+            events.extend(self._feed(chunk))
+        events.extend(self._silence(self.transcriber.suffix_chunks))
+        end = max(0.0, (self.words.step - self.words.asr_delay_in_tokens) / FRAME_RATE)
+        events.extend(self.words.flush(stop_time=end))
+        self.closed = True
+        return events
+
+    def transcript(self) -> Transcript:
+        """The transcript of the tokens so far, by the offline recipe (equal to `transcribe` after
+        `flush`)."""
+        t = self.transcriber
+        vad = torch.stack(self._vad) if self._vad else torch.zeros(len(self.tokens), t.num_heads)
+        return t._transcript(list(self.tokens), vad, self.samples / SAMPLE_RATE)
