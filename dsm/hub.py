@@ -106,12 +106,16 @@ def repo_config(repo: str) -> dict:
 def mimi_file(repo: str) -> Path:
     """Mimi weights of a Kyutai repo: `mimi_name` from its config.json, else the published names."""
     name = repo_config(repo).get("mimi_name")
-    candidates = [name] if name else list(MIMI_FILENAMES)
-    last: CheckpointError | None = None
-    for candidate in candidates:
+    return first_found([name] if name else list(MIMI_FILENAMES), repo)
+
+
+def first_found(names: list[str], repo: str) -> Path:
+    """The first of `names` that resolves in `repo` (the last name's error if none does)."""
+    if not names:
+        raise ValueError("no file names to look for")
+    for name in names[:-1]:
         try:
-            return resolve_reference(candidate, repo)
-        except CheckpointError as e:
-            last = e
-    assert last is not None
-    raise last
+            return resolve_reference(name, repo)
+        except CheckpointError:
+            continue
+    return resolve_reference(names[-1], repo)

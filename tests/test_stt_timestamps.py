@@ -5,11 +5,10 @@ Expected values are written out by hand: with no prefix and no delay, step i is 
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import sentencepiece as spm
 import torch
+from tiny_tokenizer import train_tokenizer
 
 from dsm.stt.timestamps import (
     Word,
@@ -20,37 +19,11 @@ from dsm.stt.timestamps import (
     words_from_tokens,
 )
 
-_WORD_TEXT = (
-    "the a cat dog house river music morning garden bird car book friend teacher model sees likes finds "
-    "hears wants makes today again every night very quickly small red good some in at on with from and but "
-    "time word speech stream token delay audio text voice sound water light green blue yellow open close "
-    "walk run jump sing play read write listen speak think know people world day year way thing man woman "
-    "child school city country hand eye life"
-)
-WORDS = _WORD_TEXT.split()
-
 
 @pytest.fixture(scope="module")
 def sp(tmp_path_factory) -> spm.SentencePieceProcessor:
     """A tiny SentencePiece model with Kyutai's special ids: 0 unk, 1 BOS, 2 EOS, 3 pad."""
-    rng = random.Random(0)
-    corpus = tmp_path_factory.mktemp("spm") / "corpus.txt"
-    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))) for _ in range(600)]
-    corpus.write_text("\n".join(lines) + "\n")
-    prefix = corpus.parent / "tok"
-    spm.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(prefix),
-        vocab_size=200,
-        hard_vocab_limit=False,  # the corpus only supports ~110 pieces
-        model_type="unigram",
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=3,
-        minloglevel=2,
-    )
-    tok = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
+    tok = train_tokenizer(tmp_path_factory.mktemp("spm"), vocab_size=200, min_words=4, max_words=10)
     assert [tok.id_to_piece(i) for i in range(4)] == ["<unk>", "<s>", "</s>", "<pad>"]
     assert tok.eos_id() == 2
     return tok

@@ -12,15 +12,14 @@ import copy
 import itertools
 import json
 import math
-import random
 import time
 
 import lm_configs
 import numpy as np
 import pytest
-import sentencepiece as spm
 import soundfile as sf
 import torch
+from tiny_tokenizer import train_tokenizer
 
 from dsm.codec import MimiConfig
 from dsm.errors import AudioError, CheckpointError, DsmError
@@ -33,36 +32,13 @@ oracle = pytest.importorskip("oracle")
 FRAME = 1920
 MIMI_NAME = lm_configs.STT_1B["mimi_name"]
 TOK_NAME = lm_configs.STT_1B["tokenizer_name"]
-_WORD_TEXT = (
-    "the a cat dog house river music morning garden bird car book friend teacher model sees likes finds "
-    "hears wants makes today again every night very quickly small red good some in at on with from and but "
-    "time word speech stream token delay audio text voice sound water light green blue yellow open close "
-    "walk run jump sing play read write listen speak think know people world day year way thing man woman "
-    "child school city country hand eye life"
-)
-WORDS = _WORD_TEXT.split()
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """Weights, tokenizer and reference models shared by every test (built once)."""
     root = tmp_path_factory.mktemp("stt-assets")
-    rng = random.Random(0)
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(8)) for _ in range(600)) + "\n")
-    spm.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(root / "tok"),
-        vocab_size=120,
-        hard_vocab_limit=False,
-        model_type="unigram",
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=3,
-        minloglevel=2,
-    )
-    tok = spm.SentencePieceProcessor(model_file=str(root / "tok.model"))
+    tok = train_tokenizer(root, vocab_size=120, min_words=8, max_words=8)
 
     cfg = lm_configs.reduced(lm_configs.STT_1B, layers=1)
     cfg.update(dim=128, num_heads=2, text_card=tok.vocab_size(), context=100)

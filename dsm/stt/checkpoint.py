@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dsm.errors import CheckpointError
-from dsm.hub import MIMI_FILENAMES, resolve_reference
+from dsm.hub import MIMI_FILENAMES, first_found, resolve_reference
 from dsm.lm.config import LMConfig
 
 DEFAULT_MOSHI_NAME = "model.safetensors"
@@ -100,14 +100,7 @@ class SttCheckpoint:
                 raise CheckpointError(
                     f"no {what} file: pass {flag} or a hub repo / model directory holding {names[0]}"
                 )
-            last: CheckpointError | None = None
-            for name in names:
-                try:
-                    return resolve_reference(name, repo)
-                except CheckpointError as e:
-                    last = e
-            assert last is not None
-            raise last
+            return first_found(names, repo)
 
         mimi_names = [raw["mimi_name"]] if raw.get("mimi_name") else list(MIMI_FILENAMES)
         tok_name = raw.get("tokenizer_name")
