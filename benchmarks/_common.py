@@ -147,3 +147,23 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def import_test_oracle():
+    """The test oracle helpers (`tests/oracle.py`, `tests/lm_configs.py`), after checking that the
+    reference package is installed; sets the reference's no-compile / no-CUDA-graph switches first."""
+    import importlib
+    import os
+    import sys
+    from pathlib import Path
+
+    os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    os.environ.setdefault("NO_CUDA_GRAPH", "1")
+    try:
+        import moshi  # noqa: F401
+    except ImportError:
+        sys.exit("the reference package `moshi` is not installed (pip install moshi==0.2.13)")
+    tests = str(Path(__file__).resolve().parent.parent / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    return importlib.import_module("oracle"), importlib.import_module("lm_configs")

@@ -26,7 +26,6 @@ Needs the reference package (`pip install moshi==0.2.13`); dsm itself never impo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from _common import (
     Timing,
     device_sync,
     fmt,
+    import_test_oracle,
     interleaved,
     machine_info,
     machine_line,
@@ -85,20 +85,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.seconds * SAMPLE_RATE < FRAME:
         p.error("--seconds must cover at least one 80 ms frame")
     return args
-
-
-def import_oracle():
-    """`tests/oracle.py` (reference Mimi with random weights, export in Kyutai's layout, test audio)."""
-    os.environ.setdefault("NO_TORCH_COMPILE", "1")
-    os.environ.setdefault("NO_CUDA_GRAPH", "1")
-    try:
-        import moshi  # noqa: F401
-    except ImportError:
-        sys.exit("the reference package `moshi` is not installed (pip install moshi==0.2.13)")
-    sys.path.insert(0, str(REPO / "tests"))
-    import oracle
-
-    return oracle
 
 
 def compare(ref_codes, dsm_codes, ref_audio, dsm_audio) -> dict[str, Any]:
@@ -223,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = device_sync(device)
-    oracle = import_oracle()
+    oracle, _ = import_test_oracle()
     started = time.perf_counter()
 
     print("building the reference Mimi (random weights) ...", flush=True)

@@ -54,7 +54,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import Timing, fmt, machine_info, machine_line, print_table, timed, write_json
+from _common import (
+    Timing,
+    fmt,
+    import_test_oracle,
+    machine_info,
+    machine_line,
+    print_table,
+    timed,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
@@ -106,15 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def import_reference():
     """`tests/oracle.py` and `tests/lm_configs.py`, and the reference's generator class."""
-    os.environ.setdefault("NO_TORCH_COMPILE", "1")
-    os.environ.setdefault("NO_CUDA_GRAPH", "1")
-    try:
-        from moshi.models.lm import LMGen as RefGen
-    except ImportError:
-        sys.exit("the reference package `moshi` is not installed (pip install moshi==0.2.13)")
-    sys.path.insert(0, str(REPO / "tests"))
-    import lm_configs
-    import oracle
+    oracle, lm_configs = import_test_oracle()
+    from moshi.models.lm import LMGen as RefGen
 
     return oracle, lm_configs, RefGen
 
