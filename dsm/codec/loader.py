@@ -23,6 +23,9 @@ _RENAMES = [
 ]
 
 
+_ALIGNMENT = 64  # bytes; what torch's CPU allocator guarantees
+
+
 def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map legacy tensor names onto the current Kyutai layout."""
     out = {}
@@ -39,9 +42,16 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from e
+    # Tensors come back as views into the file's buffer, only 8-byte aligned. BLAS picks different
+    # kernels for unaligned operands, whose float rounding differs from the reference's (freshly
+    # allocated, 64-byte aligned) weights: copy those into aligned storage.
+    for key, value in state.items():
+        if value.data_ptr() % _ALIGNMENT:
+            state[key] = value.clone()
+    return state
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
