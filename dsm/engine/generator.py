@@ -188,10 +188,7 @@ class LMGen:
                 raise InputError(f"inputs must have shape [{B}, {needed}], got {list(inputs.shape)}")
             inputs = inputs[:, :needed]
             first = cfg.dep_q + 1
-            columns = (self.offsets[:, None] + self.delays[first:]) % CT
-            current = self.cache[:, first:].gather(2, columns[..., None])[..., 0]
-            written = torch.where(exec_mask[:, None], inputs, current)
-            self.cache[:, first:].scatter_(2, columns[..., None], written[..., None])
+            self._write(first, inputs, (self.offsets[:, None] + self.delays[first:]) % CT, exec_mask)
 
         is_init = (self.offsets[:, None] <= self.delays) | ~exec_mask[:, None]  # [B, K]
         column = (self.offsets % CT)[:, None, None].expand(B, cfg.num_codebooks, 1)
@@ -230,10 +227,10 @@ class LMGen:
                 self.on_audio(audio)
 
         self.offsets = torch.where(exec_mask, self.offsets + 1, self.offsets)
-        out_col = self.offsets % CT
+        out_col = (self.offsets % CT)[:, None]
         self._write(0, text[:, None], out_col, exec_mask)
         if audio is not None:
-            self._write(1, audio, out_col, exec_mask)
+            self._write(1, audio, out_col.expand_as(audio), exec_mask)
 
         index = (self.offsets[:, None] - self.max_delay + self.delays[: 1 + self.dep_q]) % CT
         out = self.cache[:, : 1 + self.dep_q].gather(2, index[..., None])[..., 0]
@@ -244,10 +241,10 @@ class LMGen:
         text = torch.where(exec_mask, text, UNGENERATED_TOKEN)
         return StepOutput(out, ready, text, hidden, extra)
 
-    def _write(self, first_row: int, values: torch.Tensor, column: torch.Tensor, mask: torch.Tensor) -> None:
-        """cache[b, first_row + j, column[b]] = values[b, j] for slots in `mask`."""
+    def _write(self, first_row: int, values: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor) -> None:
+        """cache[b, first_row + j, columns[b, j]] = values[b, j] for slots in `mask`."""
         rows = self.cache[:, first_row : first_row + values.shape[1]]
-        index = column[:, None, None].expand(-1, values.shape[1], 1)
+        index = columns[..., None]
         current = rows.gather(2, index)[..., 0]
         rows.scatter_(2, index, torch.where(mask[:, None], values, current)[..., None])
 
