@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load, load_file, save_file
 
-import dsm.cli as cli
+import dsm.cli.codec as cli
 from dsm import __version__
 from dsm.audio import read_audio, write_audio
 from dsm.cli import main

@@ -1,0 +1,202 @@
+"""Pieces shared by the `dsm` subcommands: argument types, model flags, progress bars and file I/O."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from dsm.audio import WRITE_FORMATS, encode_audio, read_audio, write_audio
+from dsm.codec import Mimi, MimiConfig, load_mimi
+from dsm.errors import CheckpointError, InputError
+from dsm.hub import mimi_file
+
+log = logging.getLogger("dsm.cli")
+
+STDIO = "-"
+EXAMPLE_REPO = "kyutai/stt-1b-en_fr"
+_DEFAULTS = MimiConfig()
+MAX_N_Q = _DEFAULTS.n_q
+SAMPLE_RATE = _DEFAULTS.sample_rate
+
+
+# -- argument types and shared options -------------------------------------------------------------------
+
+
+def n_q_arg(text: str) -> int:
+    """argparse type for --n-q: an integer in 1..32."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= n <= MAX_N_Q:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_N_Q}, got {n}")
+    return n
+
+
+def device_arg(text: str) -> torch.device:
+    """argparse type for --device: anything `torch.device` accepts (cpu, cuda, cuda:1, mps)."""
+    try:
+        return torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:0)") from None
+
+
+def common_options() -> argparse.ArgumentParser:
+    """-v/--quiet, accepted both before and after the subcommand (`main` fills in their defaults)."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("output")
+    group.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging (-vv for debug)"
+    )
+    group.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors, no progress bar"
+    )
+    return common
+
+
+def add_mimi_options(parser: argparse.ArgumentParser) -> None:
+    """Kyutai-style flags that choose the Mimi weights and where they run."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--mimi-weight", metavar="PATH", help="Mimi weights (a .safetensors file); overrides --hf-repo's"
+    )
+    group.add_argument(
+        "--hf-repo",
+        metavar="REPO",
+        help=f"Hugging Face repo (or a local directory laid out like one) holding Mimi, e.g. {EXAMPLE_REPO}",
+    )
+    group.add_argument(
+        "--device", type=device_arg, default=torch.device("cpu"), help="torch device (default: cpu)"
+    )
+    group.add_argument(
+        "--streaming", action="store_true", help="run the streaming encoder/decoder frame by frame"
+    )
+
+
+# -- model loading --------------------------------------------------------------------------------------
+
+
+def require_mimi_source(args: argparse.Namespace) -> None:
+    """Fail early (before any I/O) when no Mimi weights were named."""
+    if not (args.mimi_weight or args.hf_repo):
+        raise InputError(
+            "no Mimi weights given: pass --mimi-weight PATH or --hf-repo REPO "
+            f"(e.g. --hf-repo {EXAMPLE_REPO})"
+        )
+
+
+def mimi_weight_path(args: argparse.Namespace) -> Path:
+    """The Mimi checkpoint named by --mimi-weight, else the one of --hf-repo."""
+    require_mimi_source(args)
+    if args.mimi_weight:
+        return Path(args.mimi_weight).expanduser()
+    try:
+        return mimi_file(args.hf_repo)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot find Mimi weights for --hf-repo {args.hf_repo}: {e}") from e
+
+
+def check_device(device: torch.device) -> None:
+    """Raise InputError when the device's backend is not available in this torch build."""
+    available = {
+        "cuda": torch.cuda.is_available,
+        "mps": lambda: hasattr(torch.backends, "mps") and torch.backends.mps.is_available(),
+    }.get(device.type)
+    if available is not None and not available():
+        raise InputError(
+            f"--device {device}: {device.type} is not available on this machine (use --device cpu)"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def load_codec(args: argparse.Namespace) -> Mimi:
+    """Load Mimi as the model flags say."""
+    check_device(args.device)
+    path = mimi_weight_path(args)
+    start = time.perf_counter()
+    mimi = load_mimi(path, device=args.device)
+    log.info("loaded Mimi from %s on %s in %.2f s", path, args.device, time.perf_counter() - start)
+    return mimi
+
+
+# -- progress -------------------------------------------------------------------------------------------
+
+
+def progress(total: int, desc: str, args: argparse.Namespace) -> Iterator[int]:
+    """range(total), with a tqdm bar on stderr when it is a terminal and --quiet is off."""
+    from tqdm import tqdm
+
+    disable = args.quiet or not sys.stderr.isatty()
+    # delay: only inputs that take a while (long ones) get a bar at all.
+    return iter(tqdm(range(total), desc=desc, unit="frame", file=sys.stderr, disable=disable, delay=1.0))
+
+
+# -- files ----------------------------------------------------------------------------------------------
+
+
+def label(path: str) -> str:
+    return "<stdin>" if path == STDIO else path
+
+
+def read_input_audio(path: str) -> torch.Tensor:
+    """Audio file (or stdin for `-`) as a float32 [1, 1, T] tensor at 24 kHz mono."""
+    source = sys.stdin.buffer if path == STDIO else path
+    wav = read_audio(source, sample_rate=SAMPLE_RATE, mono=True, name=label(path))
+    return torch.from_numpy(wav).view(1, 1, -1)
+
+
+def check_audio_output(path: str, float32: bool = False) -> None:
+    """Reject an output path write_audio would refuse, before any time is spent computing."""
+    if path == STDIO:
+        return
+    out = Path(path)
+    ext = out.suffix.lower().lstrip(".")
+    if ext not in WRITE_FORMATS:
+        supported = ", ".join(f".{f}" for f in WRITE_FORMATS)
+        raise InputError(
+            f"{path}: unknown audio extension '{out.suffix}' (supported: {supported}, or - for stdout)"
+        )
+    if float32 and ext != "wav":
+        raise InputError(f"{path}: --float32 only applies to .wav output")
+    check_parent(out)
+
+
+def check_parent(out: Path) -> None:
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: cannot write, directory '{out.parent}' does not exist")
+    if out.is_dir():
+        raise InputError(f"{out}: cannot write, it is a directory")
+
+
+def write_output_audio(path: str, wav: torch.Tensor, sample_rate: int, float32: bool) -> None:
+    """Write audio to a file (format from the extension) or WAV bytes to stdout for `-`."""
+    subtype = "FLOAT" if float32 else None
+    if path == STDIO:
+        write_stdout(encode_audio(wav, sample_rate, "wav", subtype=subtype))
+    else:
+        write_audio(path, wav, sample_rate, subtype=subtype)
+
+
+def write_stdout(data: bytes) -> None:
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def read_bytes(path: str) -> bytes:
+    if path == STDIO:
+        return sys.stdin.buffer.read()
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{path}: {'is a directory' if file.is_dir() else 'file not found'}")
+    try:
+        return file.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from e
