@@ -1,0 +1,1 @@
+"""Training DSM models: aligned data (`dsm.train.data`), batch construction and trainers."""
