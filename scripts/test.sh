@@ -11,7 +11,12 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install torch==2.13.0
 fi
-"$PY" -m pip install -e ".[test]"
+"$PY" -m pip install -e ".[test,piper]"
+# espeak-ng (Debian) speaks the aligned data of tests/test_train_data.py
+if ! "$PY" -c "import ctypes; ctypes.CDLL('libespeak-ng.so.1')" 2>/dev/null; then
+    SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+    $SUDO apt-get update -qq && $SUDO apt-get install -y --no-install-recommends espeak-ng
+fi
 "$PY" -m pip install --no-deps moshi==0.2.13
 "$PY" -m pip install einops sentencepiece "huggingface-hub<1.0" "numpy<2.3"
 

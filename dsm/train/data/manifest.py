@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +238,10 @@ def relative_audio_path(audio: str | os.PathLike, root: str | os.PathLike) -> st
         return audio.relative_to(root).as_posix()
     except ValueError:
         return str(audio)
+
+
+def rebase(
+    utts: Iterable[Utterance], old_root: str | os.PathLike, new_root: str | os.PathLike
+) -> list[Utterance]:
+    """Copies of `utts` whose audio paths (relative to `old_root`) are made relative to `new_root`."""
+    return [replace(u, audio=relative_audio_path(u.audio_path(old_root), new_root)) for u in utts]

@@ -237,7 +237,7 @@ _FR_INTRANSITIVE = _words(
     "attendre/attend/attendent/attendu chanter/chante/chantent/chanté courir/court/courent/couru "
     "danser/danse/dansent/dansé dormir/dort/dorment/dormi marcher/marche/marchent/marché "
     "nager/nage/nagent/nagé parler/parle/parlent/parlé rire/rit/rient/ri "
-    "travailler/travaille/travaillent/ travaillé voyager/voyage/voyagent/voyagé"
+    "travailler/travaille/travaillent/travaillé voyager/voyage/voyagent/voyagé"
 )
 _FR_ADVERBS = _words(
     "aujourd'hui hier demain ensemble lentement rapidement souvent toujours doucement encore"
