@@ -100,7 +100,8 @@ class StreamingConv1d(nn.Module):
         if state is None:
             state = self.init_state(x.shape[0], fast=False)
         if self.pad_mode == "replicate":
-            first = state.first if active is None else state.first & active
+            # a copy: the flag is updated in place below, and autograd may hold this mask
+            first = state.first.clone() if active is None else state.first & active
             state.previous.copy_(torch.where(first.view(-1, 1, 1), x[..., :1], state.previous))
         x = torch.cat([state.previous, x], dim=-1)
         y = self._conv(x, T // self.stride, state.fast)

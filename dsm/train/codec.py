@@ -1,0 +1,441 @@
+"""Training a Mimi-architecture codec (any width: `[codec.arch]` holds MimiConfig fields).
+
+Forward: SEANet encoder -> transformer -> downsample -> split residual VQ -> upsample -> transformer ->
+SEANet decoder, on random ``segment_seconds`` crops of the manifest's audio. The quantizer keeps Kyutai's
+EMA codebooks (``embedding_sum`` / ``cluster_usage``): each level picks the nearest codeword of the
+residual, the codebooks follow the batch statistics (all-reduced across ranks), unused codewords are
+re-seeded from the batch, and gradients pass the quantizer straight through, with a commitment loss
+pulling the encoder towards its codewords. With ``quantizer_dropout`` each batch uses a random number of
+codebooks (1..n_q) so that every prefix of codebooks decodes.
+
+Losses: multi-scale mel (L1 on mel and log-mel magnitudes at each STFT size of ``mel_scales``), waveform
+L1, commitment; with ``adversarial_weight`` > 0 also a multi-scale STFT discriminator (hinge loss) and
+feature matching. The export writes ``mimi.safetensors`` in Kyutai's layout (`dsm.codec.load_mimi` reads
+it) and ``mimi_config.json`` (the architecture, for `mimi_config_from_dict`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+from dsm.audio import read_audio
+from dsm.codec import Mimi, MimiConfig, load_mimi, save_mimi
+from dsm.codec.quantizer import ResidualVQ
+from dsm.codec.seanet import SeanetConfig
+from dsm.errors import InputError
+from dsm.train.config import TrainConfig
+from dsm.train.data.manifest import manifest_root, read_manifest
+from dsm.train.dataset import BatchOrder, select
+from dsm.train.loop import DistInfo, TrainTask
+
+log = logging.getLogger("dsm.train")
+
+_DEAD_USAGE = 1e-2  # EMA usage under which a codeword is re-seeded from the batch
+
+
+def mimi_config_from_dict(raw: dict[str, Any]) -> MimiConfig:
+    """A MimiConfig from a table of its fields, with SeanetConfig fields in a ``seanet`` sub-table."""
+    raw = dict(raw)
+    seanet_raw = dict(raw.pop("seanet", {}))
+    known = {f.name for f in fields(MimiConfig)} - {"seanet"}
+    seanet_known = {f.name for f in fields(SeanetConfig)}
+    bad = sorted(set(raw) - known) + [f"seanet.{k}" for k in sorted(set(seanet_raw) - seanet_known)]
+    if bad:
+        raise InputError(f"unknown Mimi config keys: {', '.join(bad)}")
+    if "ratios" in seanet_raw:
+        seanet_raw["ratios"] = tuple(seanet_raw["ratios"])
+    cfg = MimiConfig(seanet=SeanetConfig(**seanet_raw), **raw)
+    if cfg.sample_rate % cfg.seanet.hop_length or cfg.encoder_frame_rate % cfg.frame_rate:
+        raise InputError(
+            "Mimi config: the SEANet hop must divide the sample rate into a multiple of the frame rate"
+        )
+    return cfg
+
+
+def mimi_config_to_dict(cfg: MimiConfig) -> dict[str, Any]:
+    out = asdict(cfg)
+    out["seanet"]["ratios"] = list(cfg.seanet.ratios)
+    return out
+
+
+# -- mel loss ---------------------------------------------------------------------------------------------
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
+    """Triangular HTK-mel filters [n_mels, n_fft // 2 + 1] between 0 Hz and Nyquist."""
+
+    def to_mel(f):
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    def to_hz(m):
+        return 700.0 * (10 ** (m / 2595.0) - 1.0)
+
+    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    edges = to_hz(np.linspace(to_mel(0.0), to_mel(sample_rate / 2), n_mels + 2))
+    fb = np.zeros((n_mels, freqs.size))
+    for i in range(n_mels):
+        lo, mid, hi = edges[i], edges[i + 1], edges[i + 2]
+        rising = (freqs - lo) / max(mid - lo, 1e-9)
+        falling = (hi - freqs) / max(hi - mid, 1e-9)
+        fb[i] = np.maximum(0.0, np.minimum(rising, falling))
+    return torch.from_numpy(fb).float()
+
+
+class MultiScaleMelLoss(nn.Module):
+    """Mean over STFT sizes of L1(mel) + L1(log mel) between two waveforms [B, 1, T]."""
+
+    def __init__(self, sample_rate: int, scales: list[int], n_mels: int):
+        super().__init__()
+        self.scales = list(scales)
+        for n_fft in self.scales:
+            mels = min(n_mels, n_fft // 4)
+            self.register_buffer(f"fb_{n_fft}", mel_filterbank(n_fft, mels, sample_rate), persistent=False)
+            self.register_buffer(f"win_{n_fft}", torch.hann_window(n_fft), persistent=False)
+
+    def mel(self, wav: torch.Tensor, n_fft: int) -> torch.Tensor:
+        spec = torch.stft(
+            wav.float().flatten(0, 1),
+            n_fft,
+            hop_length=n_fft // 4,
+            window=getattr(self, f"win_{n_fft}"),
+            center=True,
+            return_complex=True,
+        )
+        return getattr(self, f"fb_{n_fft}") @ spec.abs()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = pred.new_zeros((), dtype=torch.float32)
+        for n_fft in self.scales:
+            a, b = self.mel(pred, n_fft), self.mel(target, n_fft)
+            total = total + F.l1_loss(a, b) + F.l1_loss(torch.log(a + 1e-5), torch.log(b + 1e-5))
+        return total / len(self.scales)
+
+
+# -- discriminator ----------------------------------------------------------------------------------------
+
+
+class StftDiscriminator(nn.Module):
+    """One scale: 2-d convolutions over the (real, imaginary) STFT; returns logits and feature maps."""
+
+    def __init__(self, n_fft: int, channels: int = 16):
+        super().__init__()
+        self.n_fft = n_fft
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(2, channels, (3, 9), padding=(1, 4)),
+                nn.Conv2d(channels, channels, (3, 9), stride=(1, 2), padding=(1, 4)),
+                nn.Conv2d(channels, channels, (3, 9), stride=(1, 2), padding=(1, 4)),
+                nn.Conv2d(channels, channels, (3, 3), padding=(1, 1)),
+            ]
+        )
+        self.out = nn.Conv2d(channels, 1, (3, 3), padding=(1, 1))
+
+    def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        spec = torch.stft(
+            wav.float().flatten(0, 1),
+            self.n_fft,
+            hop_length=self.n_fft // 4,
+            window=self.window,
+            return_complex=True,
+        )
+        x = torch.stack([spec.real, spec.imag], 1).transpose(2, 3)  # [B, 2, time, freq]
+        feats = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)
+            feats.append(x)
+        return self.out(x), feats
+
+
+class MultiScaleStftDiscriminator(nn.Module):
+    """One `StftDiscriminator` per STFT size; always runs in float32 (bf16 2-d convolutions are slow on
+    CPUs and gain little here)."""
+
+    def __init__(self, scales: list[int], channels: int = 32):
+        super().__init__()
+        self.discs = nn.ModuleList(StftDiscriminator(n, channels) for n in scales)
+
+    def forward(self, wav: torch.Tensor):
+        with torch.autocast(wav.device.type, enabled=False):
+            return [d(wav.float()) for d in self.discs]
+
+
+# -- quantizer training -----------------------------------------------------------------------------------
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def _broadcast(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(t, 0)
+    return t
+
+
+def train_rvq(
+    rvq: ResidualVQ, latent: torch.Tensor, n_q: int, decay: float, update: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``latent`` [B, C, F] with the first ``n_q`` levels of ``rvq`` for training.
+
+    Returns (output [B, C_out, F] with straight-through gradients, commitment loss). With ``update`` the
+    EMA codebooks follow this batch (and dead codewords are re-seeded from it)."""
+    x = rvq.input_proj(latent).float()
+    B, D, T = x.shape
+    residual = x
+    quantized = torch.zeros_like(x)
+    commit = x.new_zeros(())
+    for level in rvq.vq.layers[:n_q]:
+        book = level._codebook
+        flat = residual.detach().transpose(1, 2).reshape(B * T, D)
+        if update and float(book._initialized) == 0:
+            with torch.no_grad():
+                pick = torch.randint(flat.shape[0], (book.embedding_sum.shape[0],), device=flat.device)
+                book.embedding_sum.copy_(_broadcast(flat[pick].clone()))
+                book.cluster_usage.fill_(1.0)
+                book._initialized.fill_(1.0)
+                book._clear()
+        embedding = book.embedding_sum / book.cluster_usage.clamp(min=1e-5)[:, None]
+        with torch.no_grad():
+            dist_ = torch.cdist(flat[None], embedding[None])[0]
+            idx = dist_.argmin(-1)
+        q = F.embedding(idx, embedding).view(B, T, D).transpose(1, 2)
+        commit = commit + F.mse_loss(residual, q.detach())
+        if update:
+            with torch.no_grad():
+                onehot = F.one_hot(idx, embedding.shape[0]).float()
+                counts = _all_reduce(onehot.sum(0))
+                sums = _all_reduce(onehot.t() @ flat)
+                book.cluster_usage.mul_(decay).add_(counts, alpha=1 - decay)
+                book.embedding_sum.mul_(decay).add_(sums, alpha=1 - decay)
+                dead = book.cluster_usage < _DEAD_USAGE
+                if bool(dead.any()):
+                    pick = torch.randint(flat.shape[0], (int(dead.sum()),), device=flat.device)
+                    book.embedding_sum[dead] = _broadcast(flat[pick].clone())
+                    book.cluster_usage[dead] = 1.0
+                book._clear()
+        quantized = quantized + q
+        residual = residual - q.detach()
+    out = x + (quantized - x).detach()
+    return rvq.output_proj(out.to(latent.dtype)), commit
+
+
+class CodecTrainModule(nn.Module):
+    """forward(wav [B, 1, T]) -> (loss, metrics) of the codec autoencoder (see the module docstring)."""
+
+    def __init__(self, mimi: Mimi, cfg: TrainConfig, discriminator: nn.Module | None):
+        super().__init__()
+        self.mimi = mimi
+        c = cfg.codec
+        self.c = c
+        self.mel_loss = MultiScaleMelLoss(mimi.sample_rate, c.mel_scales, c.mel_bins)
+        self._disc = [discriminator]  # not a submodule: it has its own optimizer and checkpoint entry
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def reconstruct(self, wav: torch.Tensor, n_q: int, update: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.mimi
+        emb = m.encoder(wav)
+        emb = m.encoder_transformer(emb)
+        latent = m.downsample(emb)
+        quant = m.quantizer
+        first, commit = train_rvq(quant.rvq_first, latent, quant.n_q_semantic, self.c.ema_decay, update)
+        out = first
+        if n_q > quant.n_q_semantic:
+            rest, commit_rest = train_rvq(
+                quant.rvq_rest, latent, n_q - quant.n_q_semantic, self.c.ema_decay, update
+            )
+            out = out + rest
+            commit = commit + commit_rest
+        emb = m.upsample(out)
+        emb = m.decoder_transformer(emb)
+        return m.decoder(emb), commit
+
+    def forward(self, wav: torch.Tensor):
+        n_total = self.mimi.total_codebooks
+        n_q = n_total
+        if self.training and self.c.quantizer_dropout:
+            n_q = int(torch.randint(1, n_total + 1, ()))
+        y, commit = self.reconstruct(wav, n_q, update=self.training)
+        y = y[..., : wav.shape[-1]]
+        mel = self.mel_loss(y, wav)
+        wave = F.l1_loss(y.float(), wav.float())
+        loss = self.c.mel_weight * mel + self.c.waveform_weight * wave + self.c.commitment_weight * commit
+        metrics = {"mel": mel.detach(), "wave": wave.detach(), "commit": commit.detach()}
+        disc = self._disc[0]
+        if disc is not None and self.c.adversarial_weight > 0 and self.training:
+            adv, feat = self.generator_adversarial(disc, y, wav)
+            loss = loss + self.c.adversarial_weight * adv + self.c.feature_weight * feat
+            metrics.update(adv=adv.detach(), feat=feat.detach())
+            self.last = (wav.detach(), y.detach())
+        return loss, metrics
+
+    @staticmethod
+    def generator_adversarial(disc: nn.Module, y: torch.Tensor, wav: torch.Tensor):
+        fake = disc(y)
+        with torch.no_grad():
+            real = disc(wav)
+        adv = sum(F.relu(1 - logits.float()).mean() for logits, _ in fake) / len(fake)
+        feat = 0.0
+        count = 0
+        for (_, f_fake), (_, f_real) in zip(fake, real, strict=True):
+            for a, b in zip(f_fake, f_real, strict=True):
+                feat = feat + F.l1_loss(a.float(), b.float()) / (b.float().abs().mean() + 1e-8)
+                count += 1
+        return adv, feat / max(count, 1)
+
+
+class CodecTask(TrainTask):
+    """Trains a codec on random crops of the manifest's audio; held-out crops give the eval losses."""
+
+    kind = "codec"
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo):
+        self.cfg = cfg
+        self.info = info
+        c = cfg.codec
+        device = info.device
+        arch = mimi_config_from_dict(c.arch)
+        if c.init:
+            self.mimi = load_mimi(cfg.path(c.init), config=arch, device=device)
+        else:
+            with torch.device(device):
+                self.mimi = Mimi(arch)
+            for module in self.mimi.quantizer.modules():
+                if hasattr(module, "_initialized"):
+                    module._initialized.fill_(0.0)  # seeded from the first batch
+        self.mimi.float().train().requires_grad_(True)
+        self.segment = int(round(c.segment_seconds * self.mimi.frame_rate)) * self.mimi.frame_size
+        if self.segment < self.mimi.frame_size:
+            raise InputError(f"{cfg.source}: [codec].segment_seconds must cover at least one 80 ms frame")
+        self.disc = None
+        if c.adversarial_weight > 0:
+            with torch.device(device):
+                self.disc = MultiScaleStftDiscriminator(c.disc_scales, c.disc_channels)
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=c.disc_lr, betas=(0.5, 0.9))
+        self.module = CodecTrainModule(self.mimi, cfg, self.disc).to(device)
+        self.files = self._files(
+            cfg.data.train, cfg.data.train_split, exclude=cfg.data.eval_split if not cfg.data.eval else ""
+        )
+        if cfg.data.eval:
+            self.eval_files = self._files(cfg.data.eval, cfg.data.eval_split)
+        elif cfg.data.eval_split:
+            self.eval_files = self._files(cfg.data.train, cfg.data.eval_split)
+        else:
+            self.eval_files = []
+        self.eval_files = self.eval_files[: cfg.data.max_eval_items]
+        self.order = BatchOrder(len(self.files), cfg.optim.batch_size, cfg.run.seed, info.rank, info.world)
+        self.gen = torch.Generator().manual_seed(cfg.run.seed * 104_729 + info.rank + 1)
+        self._audio: dict[Path, torch.Tensor] = {}
+        params = sum(p.numel() for p in self.mimi.parameters())
+        log.info(
+            "codec: %d parameters, %d training files, %d held out",
+            params,
+            len(self.files),
+            len(self.eval_files),
+        )
+
+    def _files(self, manifest: str, split: str, exclude: str = "") -> list[Path]:
+        path = self.cfg.path(manifest)
+        utts = select(read_manifest(path), split)
+        if exclude:
+            utts = [u for u in utts if u.split != exclude]
+        root = manifest_root(path)
+        if not utts:
+            raise InputError(f"{path}: no audio to train on")
+        return [u.audio_path(root) for u in utts]
+
+    def _wav(self, path: Path) -> torch.Tensor:
+        if path not in self._audio:
+            self._audio[path] = torch.from_numpy(read_audio(str(path), sample_rate=self.mimi.sample_rate))
+        return self._audio[path]
+
+    def _crop(self, path: Path, random: bool) -> torch.Tensor:
+        wav = self._wav(path)
+        if wav.shape[0] <= self.segment:
+            return F.pad(wav, (0, self.segment - wav.shape[0]))
+        start = 0
+        if random:
+            start = int(torch.randint(wav.shape[0] - self.segment + 1, (1,), generator=self.gen))
+        return wav[start : start + self.segment]
+
+    def next_batch(self) -> torch.Tensor:
+        crops = [self._crop(self.files[i], random=True) for i in self.order.next()]
+        return torch.stack(crops)[:, None].to(self.info.device)
+
+    def evaluate(self, module: nn.Module, rank: int, world: int) -> dict[str, tuple[float, float]]:
+        sums = {"loss": [0.0, 0.0], "mel": [0.0, 0.0], "wave": [0.0, 0.0]}
+        for i in range(rank, len(self.eval_files), world):
+            wav = self._crop(self.eval_files[i], random=False)[None, None].to(self.info.device)
+            inner = getattr(module, "module", module)
+            y, _ = inner.reconstruct(wav, self.mimi.total_codebooks, update=False)
+            y = y[..., : wav.shape[-1]]
+            mel = float(inner.mel_loss(y, wav))
+            wave = float(F.l1_loss(y.float(), wav.float()))
+            c = self.cfg.codec
+            for name, value in (
+                ("loss", c.mel_weight * mel + c.waveform_weight * wave),
+                ("mel", mel),
+                ("wave", wave),
+            ):
+                sums[name][0] += value
+                sums[name][1] += 1
+        return {k: (v[0], v[1]) for k, v in sums.items()}
+
+    def after_step(self) -> dict[str, float]:
+        if self.disc is None or self.module.last is None:
+            return {}
+        wav, y = self.module.last
+        self.disc_opt.zero_grad(set_to_none=True)
+        loss = 0.0
+        for (real, _), (fake, _) in zip(self.disc(wav), self.disc(y), strict=True):
+            loss = loss + F.relu(1 - real.float()).mean() + F.relu(1 + fake.float()).mean()
+        loss = loss / len(self.disc.discs)
+        loss.backward()
+        if self.info.distributed:
+            for p in self.disc.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.info.world
+        self.disc_opt.step()
+        self.module.last = None
+        return {"disc": float(loss.detach())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.state_dict(), "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state["order"])
+        self.gen.set_state(state["gen"])
+        for module in self.mimi.quantizer.modules():
+            if hasattr(module, "_clear"):
+                module._clear()
+
+    def extra_state(self) -> dict[str, Any]:
+        if self.disc is None:
+            return {}
+        return {"disc": self.disc.state_dict(), "disc_opt": self.disc_opt.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.disc is not None and "disc" in state:
+            self.disc.load_state_dict(state["disc"])
+            self.disc_opt.load_state_dict(state["disc_opt"])
+
+    def export(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_mimi(self.mimi, out_dir / "mimi.safetensors")
+        (out_dir / "mimi_config.json").write_text(
+            json.dumps(mimi_config_to_dict(self.mimi.cfg), indent=2) + "\n"
+        )
+        log.info("exported the codec to %s", out_dir)

@@ -1,0 +1,172 @@
+"""The DSM text-to-speech trainer: the word-aligned text streams in, Mimi codes out through the depth
+transformer, with voice conditioning.
+
+Streams (`dsm.train.streams.tts_example`): the text leads and the audio follows ``audio_delay`` seconds
+later (1.28 s -> 16 frames for tts-1.6b); the text rows replay the inference state machine, with the
+lookahead second stream when ``second_stream_ahead`` > 0. Multi-speaker models (those with a
+``speaker_wavs`` tensor conditioner) get speaker token 1 before the first word, as Kyutai's scripts do.
+
+Voice conditioning: the unquantized Mimi latent of the first ``voice_seconds`` of another utterance of the
+same speaker (drawn at random each time; the utterance itself when it is the speaker's only one), zero-padded
+to that length, in slot 0 of ``max_speakers`` slots (model-spec §5.4); LUT conditions take the values of
+``[tts].text_conditions`` (absent ones are None). With ``condition_dropout`` every condition of an item is
+dropped with that probability (classifier-free guidance training). Loss: text cross-entropy (padding
+weighted by ``pad_weight``) + audio cross-entropy over the generated codebooks (codebook 0 weighted by
+``first_codebook_weight``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dsm.codec import load_mimi
+from dsm.errors import InputError
+from dsm.lm.conditioners import ConditionAttributes, LUTConditioner, TensorCondition, TensorConditioner
+from dsm.train.codec import mimi_config_from_dict
+from dsm.train.codes_cache import CodesCache
+from dsm.train.dataset import LMItem
+from dsm.train.lm_task import LMTask
+from dsm.train.streams import MAIN_SPEAKER, AlignedWord, LMExample, delay_frames, tts_example
+
+DEFAULT_AUDIO_DELAY = 1.28
+DEFAULT_MAX_SPEAKERS = 5
+
+
+class TtsTask(LMTask):
+    kind = "tts"
+
+    def check_model(self) -> None:
+        if self.lm.cfg.dep_q < 1:
+            raise InputError(
+                f"{self.cfg.source}: the TTS trainer needs a model with a depformer (dep_q > 0)"
+            )
+
+    def configure(self) -> None:
+        t = self.cfg.tts
+        raw = self.setup.raw_config.get("tts_config") or {}
+        self.audio_delay = (
+            t.audio_delay if t.audio_delay is not None else float(raw.get("audio_delay", DEFAULT_AUDIO_DELAY))
+        )
+        self.delay_steps = delay_frames(self.audio_delay)
+        ahead = t.second_stream_ahead
+        self.ahead = int(raw.get("second_stream_ahead", 0)) if ahead is None else ahead
+        if self.ahead > 0 and not self.lm.cfg.demux_second_text_stream:
+            raise InputError(
+                f"{self.cfg.source}: second_stream_ahead = {self.ahead} needs a model with "
+                "demux_second_stream = true"
+            )
+        self.max_speakers = t.max_speakers or int(raw.get("max_speakers", DEFAULT_MAX_SPEAKERS))
+        self.first_codebook_weight = t.first_codebook_weight
+        provider = self.lm.condition_provider
+        conditioners = {} if provider is None else dict(provider.conditioners.items())
+        self.voice_names = [n for n, c in conditioners.items() if isinstance(c, TensorConditioner)]
+        self.lut_names = [n for n, c in conditioners.items() if isinstance(c, LUTConditioner)]
+        if len(self.voice_names) > 1:
+            raise InputError(
+                f"the model has several tensor conditioners {self.voice_names}; expected one voice"
+            )
+        unknown = sorted(set(t.text_conditions) - set(self.lut_names))
+        if unknown:
+            raise InputError(f"{self.cfg.source}: [tts].text_conditions names unknown conditioners {unknown}")
+        for name, value in t.text_conditions.items():
+            conditioners[name].tokenize([value])  # an invalid value fails now, not mid-run
+        self.multi_speaker = "speaker_wavs" in conditioners
+        self.gen = torch.Generator().manual_seed(self.cfg.run.seed * 7919 + self.info.rank + 1)
+
+    def codes_n_q(self) -> int:
+        return self.lm.cfg.dep_q
+
+    def load_data(self) -> None:
+        super().load_data()
+        self.latents: dict[Path, torch.Tensor] = {}
+        self.by_speaker: dict[str, list[Path]] = defaultdict(list)
+        for item in self.train_items:
+            if item.speaker:
+                self.by_speaker[item.speaker].append(item.audio)
+        if not self.voice_names:
+            return
+        t = self.cfg.tts
+        voice_mimi = self.setup.mimi
+        if t.voice_mimi:
+            cfg = mimi_config_from_dict(self.cfg.model.mimi_config) if self.cfg.model.mimi_config else None
+            voice_mimi = load_mimi(self.cfg.path(t.voice_mimi), config=cfg, device=self.device)
+        dim = self.lm.condition_provider.conditioners[self.voice_names[0]].dim
+        if voice_mimi.cfg.dimension != dim:
+            raise InputError(
+                f"the voice conditioner takes {dim}-dim latents but the voice Mimi makes "
+                f"{voice_mimi.cfg.dimension}-dim ones"
+            )
+        cache = CodesCache(self.cache.directory, voice_mimi, self.device)
+        for item in self.train_items + self.eval_items:
+            if item.audio not in self.latents:
+                self.latents[item.audio] = cache.latent(item.audio, t.voice_seconds)
+
+    def example(self, item: LMItem) -> LMExample:
+        words = list(item.words)
+        if self.multi_speaker and words:
+            first = words[0]
+            words[0] = AlignedWord((MAIN_SPEAKER, *first.tokens), first.start, first.end)
+        cfg = self.lm.cfg
+        return tts_example(
+            item.codes,
+            words,
+            self.delay_steps,
+            cfg.text_card,
+            self.ahead,
+            self.cfg.tts.pad_weight,
+            input_rows=cfg.n_q - cfg.dep_q,
+        )
+
+    def _voice_source(self, item: LMItem, train: bool) -> Path:
+        others = [p for p in self.by_speaker.get(item.speaker, []) if p != item.audio]
+        if not others:
+            return item.audio
+        if not train:
+            return others[0]
+        return others[int(torch.randint(len(others), (1,), generator=self.gen))]
+
+    def _attributes(self, item: LMItem, train: bool) -> ConditionAttributes:
+        text = {name: self.cfg.tts.text_conditions.get(name) for name in self.lut_names}
+        tensor = {}
+        for name in self.voice_names:
+            latent = self.latents[self._voice_source(item, train)]
+            frames = latent.shape[0]
+            voice = torch.zeros(self.max_speakers * frames, latent.shape[1])
+            mask = torch.zeros(self.max_speakers * frames, dtype=torch.bool)
+            voice[:frames] = latent
+            mask[:frames] = True
+            tensor[name] = TensorCondition(voice[None].to(self.device), mask[None].to(self.device))
+        attrs = ConditionAttributes(text=text, tensor=tensor)
+        dropout = self.cfg.tts.condition_dropout
+        if train and dropout > 0 and float(torch.rand((), generator=self.gen)) < dropout:
+            attrs = attrs.null()
+        return attrs
+
+    def batch_extra(self, items: list[LMItem], train: bool) -> dict:
+        if self.lm.condition_provider is None:
+            return {}
+        return {"attributes": [self._attributes(item, train) for item in items]}
+
+    def freeze_unused(self) -> None:
+        super().freeze_unused()
+        emb = self.lm.depformer_text_emb
+        if emb is not None and emb.demux and emb.low_rank is not None:
+            emb.low_rank.requires_grad_(False)  # created but not applied with demux (model-spec §2.2)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.gen.set_state(state["gen"])
+
+    def export_updates(self) -> dict[str, Any]:
+        raw = dict(self.setup.raw_config.get("tts_config") or {})
+        raw.update(
+            audio_delay=self.audio_delay, second_stream_ahead=self.ahead, max_speakers=self.max_speakers
+        )
+        return {"model_type": "tts", "tts_config": raw}
