@@ -534,6 +534,9 @@ def test_split_by_sentence_and_voice():
     assert [len(speakers[s]) for s in ("train", "valid", "test")] == [3, 1, 1]
     with pytest.raises(InputError, match="voices not in the manifest: v9"):
         split_by_voice(utts, test_voices=["v9"])
+    one_voice = [u for u in utts if u.speaker == "v1"]
+    with pytest.raises(InputError, match="only 1 distinct voice"):
+        split_by_voice(one_voice, test=0.5)
 
     both = split_both(utts, valid=0.1, test=0.1, test_voices=["v5"])
     train = [u for u in both if u.split == "train"]

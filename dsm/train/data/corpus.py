@@ -52,6 +52,11 @@ class VoiceSpec:
         return cls("espeak", text)
 
     @property
+    def label(self) -> str:
+        """The voice as given on the command line."""
+        return self.name if self.engine == "espeak" else f"piper:{self.name}" if self.name else "piper"
+
+    @property
     def language(self) -> str | None:
         if self.engine == "espeak":
             return espeak.EspeakVoice(self.name).language
@@ -89,7 +94,7 @@ def check_voices(voices: Sequence[VoiceSpec], lang: str | None) -> None:
     for voice in voices:
         if lang is not None and voice.language is not None and voice.language != lang:
             raise InputError(
-                f"voice {voice.name!r} speaks {voice.language!r}, but the sentences are {lang!r}"
+                f"voice {voice.label!r} speaks {voice.language!r}, but the sentences are {lang!r}"
             )
         if voice.engine == "espeak":
             espeak.check_voice(espeak.EspeakVoice(voice.name))

@@ -40,12 +40,18 @@ def _check_fractions(valid: float, test: float) -> None:
 
 
 def _assign(keys: Iterable[str], valid: float, test: float, seed: int, salt: str) -> dict[str, str]:
-    """Each distinct key to a split; fractions of keys (not of utterances), at least one key per non-empty
-    held-out fraction when there are enough keys."""
+    """Each distinct key to a split: fractions of the keys (not of the utterances), at least one key for
+    each non-zero held-out fraction and one for training."""
     distinct = sorted(set(keys), key=lambda k: _fraction(k, seed, salt))
     n = len(distinct)
-    n_test = max(1, round(n * test)) if test > 0 and n >= 3 else round(n * test)
-    n_valid = max(1, round(n * valid)) if valid > 0 and n >= 3 else round(n * valid)
+    wanted = 1 + (valid > 0) + (test > 0)
+    if n < wanted:
+        raise InputError(
+            f"cannot hold out {salt}s for valid={valid}, test={test}: only {n} distinct {salt}(s)"
+        )
+    n_test = max(1, round(n * test)) if test > 0 else 0
+    n_valid = max(1, round(n * valid)) if valid > 0 else 0
+    n_valid = min(n_valid, n - n_test - 1)
     out = {}
     for i, key in enumerate(distinct):
         out[key] = "test" if i < n_test else "valid" if i < n_test + n_valid else "train"
@@ -83,8 +89,6 @@ def split_by_voice(
         table = {v: "test" if v in test_voices else "valid" if v in valid_voices else "train" for v in voices}
     else:
         _check_fractions(valid, test)
-        if valid + test > 0 and len(voices) < 2:
-            raise InputError(f"cannot hold out voices: the manifest has {len(voices)} voice")
         table = _assign(voices, valid, test, seed, "voice")
     return [replace(u, split=table[voice_key(u)]) for u in utts]
 
