@@ -1,0 +1,263 @@
+"""The trainers end to end on tiny data: the loss falls, a killed run resumes to the same weights, and a
+fine-tune (full and LoRA) of a Kyutai-format checkpoint exports a model that dsm's Transcriber loads."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import lm_configs
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_fixtures import (
+    TINY_MIMI,
+    codec_config_dict,
+    make_assets,
+    stt_config_dict,
+    tiny_mimi_config,
+    tts_config_dict,
+)
+
+from dsm.cli import main
+from dsm.codec import load_mimi
+from dsm.errors import InputError
+from dsm.lm import load_lm
+from dsm.stt.transcriber import Transcriber
+from dsm.train.codes_cache import CodesCache
+from dsm.train.config import load_config, parse_config
+from dsm.train.run import train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is fastest, and immune to other processes competing for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.mktemp("train-assets"))
+
+
+def cfg_of(raw, kind, tmp_path):
+    return parse_config(raw, kind, tmp_path)
+
+
+def losses(history, key="loss"):
+    return [r[key] for r in history if key in r]
+
+
+def test_stt_from_scratch_lowers_loss_and_exports(assets, tmp_path):
+    raw = stt_config_dict(assets, tmp_path / "run", run={"max_steps": 30, "save_every": 15})
+    result = train(cfg_of(raw, "stt", tmp_path))
+    first, final_eval = losses(result.history)[0], losses(result.history, "eval_loss")[-1]
+    assert final_eval < 0.5 * first, (first, final_eval)
+    out = tmp_path / "run"
+    assert (out / "checkpoint.pt").is_file() and (out / "metrics.csv").is_file()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [5, 10, 15, 20, 25, 30]
+    try:
+        import matplotlib  # noqa: F401
+
+        assert (out / "loss.png").stat().st_size > 1000
+    except ImportError:
+        assert not (out / "loss.png").exists()
+    export = out / "export"
+    config = json.loads((export / "config.json").read_text())
+    assert config["stt_config"] == {"audio_delay_seconds": 0.32, "audio_silence_prefix_seconds": 0.0}
+    stt = Transcriber.from_checkpoint(export, mimi_config=tiny_mimi_config())
+    result = stt.transcribe(assets["root"] / "data" / "clips" / "011.wav")
+    assert len(result.tokens) == 25 + 4  # 2 s of audio and the 0.32 s delay
+    assert all(0 <= t < 128 for t in result.tokens)
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.mark.parametrize("kind", ["tts", "codec"])
+def test_resume_after_interruption_is_exact(assets, tmp_path, kind):
+    """Kill after step 7 (last checkpoint at step 4), resume: the weights at step 12 equal an uninterrupted
+    run's bit for bit. TTS exercises the voice draws and condition dropout, the codec its EMA codebooks,
+    random crops, quantizer dropout and the discriminator."""
+    make = tts_config_dict if kind == "tts" else codec_config_dict
+    extra = {"codec": {"adversarial_weight": 0.1, "segment_seconds": 0.24}} if kind == "codec" else {}
+    run = {"max_steps": 12, "save_every": 4, "log_every": 2, "eval_every": 6}
+
+    def config(name):
+        raw = make(assets, tmp_path / name, run=dict(run), **copy.deepcopy(extra))
+        return cfg_of(raw, kind, tmp_path)
+
+    full = train(config("full"))
+    killed = train(config("killed"), stop_after=7)
+    assert killed.interrupted and killed.step == 7
+    assert _state(tmp_path / "killed" / "checkpoint.pt")["step"] == 4
+    resumed = train(config("killed"), resume=True)
+    assert resumed.step == 12 and not resumed.interrupted
+    a, b = _state(tmp_path / "full" / "checkpoint.pt"), _state(tmp_path / "killed" / "checkpoint.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["extra"].keys() == b["extra"].keys()
+    assert a["history"][-1]["step"] == 12
+    after = [(r["step"], r.get("loss"), r.get("eval_loss")) for r in a["history"] if r["step"] > 4]
+    assert after == [(r["step"], r.get("loss"), r.get("eval_loss")) for r in b["history"] if r["step"] > 4]
+    if kind == "codec":
+        exported = tmp_path / "killed" / "export" / "mimi.safetensors"
+        mimi = load_mimi(exported, config=_codec_cfg(), num_codebooks=4)
+        assert mimi.total_codebooks == 4
+    first = losses(full.history)[0]
+    assert losses(full.history)[-1] < first
+
+
+def _codec_cfg():
+    from dsm.train.codec import mimi_config_from_dict
+
+    return mimi_config_from_dict(copy.deepcopy(TINY_MIMI) | {"n_q": 4, "bins": 64})
+
+
+@pytest.fixture(scope="module")
+def published(assets, tmp_path_factory):
+    """A Kyutai-format STT model directory made by the reference implementation (random weights): the real
+    stt-1b-en_fr architecture at 1 layer, 64 wide, with the tiny tokenizer and Mimi."""
+    oracle = pytest.importorskip("oracle")
+    root = tmp_path_factory.mktemp("published")
+    cfg = lm_configs.reduced(lm_configs.STT_1B, layers=1)
+    cfg.update(dim=64, num_heads=2, text_card=assets["tok"].vocab_size(), context=64)
+    oracle.export_lm(oracle.reference_lm(cfg, seed=5), root / "model.safetensors")
+    (root / cfg["mimi_name"]).write_bytes(assets["mimi"].read_bytes())
+    (root / cfg["tokenizer_name"]).write_bytes(assets["tokenizer"].read_bytes())
+    (root / "config.json").write_text(json.dumps(cfg))
+    return root
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_finetune_published_checkpoint(assets, published, tmp_path, mode):
+    raw = {
+        "run": {
+            "out_dir": str(tmp_path / "ft"),
+            "max_steps": 6,
+            "log_every": 2,
+            "save_every": 6,
+            "progress": False,
+            "num_threads": 1,
+        },
+        "optim": {"lr": 2e-3, "warmup_steps": 1, "batch_size": 2},
+        "data": {
+            "train": str(assets["manifest"]),
+            "eval_split": "eval",
+            "cache_dir": str(assets["root"] / "cache"),
+        },
+        "model": {"init": str(published), "mimi_config": copy.deepcopy(TINY_MIMI), "export_dtype": "float32"},
+    }
+    if mode == "lora":
+        raw["lora"] = {"enabled": True, "rank": 4, "scaling": 2.0}
+    result = train(cfg_of(raw, "stt", tmp_path))
+    assert result.step == 6
+    export = tmp_path / "ft" / "export"
+    config = json.loads((export / "config.json").read_text())
+    assert config["stt_config"]["audio_delay_seconds"] == 0.5  # kept from the checkpoint
+    before = load_file(str(published / "model.safetensors"))
+    after = load_file(str(export / "model.safetensors"))
+    assert after.keys() == before.keys()
+    attn = "transformer.layers.0.self_attn.in_proj_weight"
+    assert not torch.equal(after[attn], before[attn].float())
+    if mode == "lora":  # only the adapted weights moved; embeddings stay frozen
+        assert torch.equal(after["emb.0.weight"], before["emb.0.weight"].float())
+        assert torch.equal(after["text_emb.weight"], before["text_emb.weight"].float())
+    else:
+        assert not torch.equal(after["text_emb.weight"], before["text_emb.weight"].float())
+    lm = load_lm(export / "model.safetensors", export / "config.json", dtype=torch.float32)
+    assert torch.equal(lm.state_dict()[attn], after[attn])
+    stt = Transcriber.from_checkpoint(export, mimi_config=tiny_mimi_config())
+    out = stt.transcribe(assets["root"] / "data" / "clips" / "010.wav")
+    assert len(out.tokens) == 25 + 7  # 2 s of audio and ceil(0.5 * 12.5) delay steps
+    assert isinstance(out.text, str)
+
+
+def test_cli_train_and_resume(assets, tmp_path, capsys):
+    arch = ", ".join(
+        f"{k} = {json.dumps(v)}"
+        for k, v in stt_config_dict(assets, tmp_path)["model"]["arch"].items()
+        if v is not None
+    )
+    (tmp_path / "stt.toml").write_text(
+        f"""
+[run]
+out_dir = "run"
+max_steps = 3
+log_every = 1
+save_every = 2
+num_threads = 1
+[optim]
+lr = 1e-3
+batch_size = 2
+warmup_steps = 1
+[data]
+train = "{assets["manifest"]}"
+cache_dir = "{assets["root"] / "cache"}"
+[model]
+tokenizer = "{assets["tokenizer"]}"
+mimi_weight = "{assets["mimi"]}"
+arch = {{ {arch} }}
+[model.mimi_config]
+num_layers = 1
+num_heads = 2
+dim_feedforward = 64
+context = 50
+codebook_dim = 16
+seanet = {{ n_filters = 4, dimension = 32 }}
+[stt]
+delay_seconds = 0.24
+"""
+    )
+    assert main(["train", "stt", "--config", str(tmp_path / "stt.toml"), "-q"]) == 0
+    assert "trained stt for 3 steps" in capsys.readouterr().out
+    assert (
+        main(["train", "stt", "--config", str(tmp_path / "stt.toml"), "-q", "--resume", "--max-steps", "5"])
+        == 0
+    )
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history if "loss" in r] == [1, 2, 3, 4, 5]
+    (tmp_path / "bad.toml").write_text("[run]\nmax_step = 3\n[data]\ntrain = 'x.jsonl'\n")
+    assert main(["train", "stt", "--config", str(tmp_path / "bad.toml")]) == 2
+    assert "unknown keys max_step" in capsys.readouterr().err
+
+
+def test_config_errors(tmp_path):
+    (tmp_path / "c.toml").write_text("[optim]\nlr = 'fast'\n[data]\ntrain = 'm.jsonl'\n")
+    with pytest.raises(InputError, match=r"\[optim\]\.lr: expected float"):
+        load_config(tmp_path / "c.toml", "codec")
+    with pytest.raises(InputError, match="unknown tables"):
+        parse_config({"trainer": {}}, "stt", tmp_path)
+    with pytest.raises(InputError, match="needs `init`"):
+        parse_config({"data": {"train": "m.jsonl"}}, "stt", tmp_path)
+    with pytest.raises(InputError, match="not found"):
+        load_config(tmp_path / "missing.toml", "stt")
+
+
+def test_codes_cache_keys(assets, tmp_path):
+    mimi = load_mimi(assets["mimi"], config=tiny_mimi_config())
+    cache = CodesCache(tmp_path / "cache", mimi)
+    clip = assets["root"] / "data" / "clips" / "000.wav"
+    codes = cache.codes(clip, 8, silence_frames=2)
+    assert codes.shape == (8, 25 + 2) and cache.misses == 1
+    assert torch.equal(cache.codes(clip, 8, silence_frames=2), codes) and cache.hits == 1
+    copy_path = tmp_path / "renamed.wav"
+    copy_path.write_bytes(clip.read_bytes())
+    assert torch.equal(cache.codes(copy_path, 8, silence_frames=2), codes) and cache.hits == 2  # same bytes
+    cache.codes(clip, 4)
+    assert cache.misses == 2  # another request
+    other = load_mimi(assets["mimi"], config=tiny_mimi_config())
+    with torch.no_grad():
+        other.quantizer.rvq_first.input_proj.weight.mul_(1.5)
+    cache2 = CodesCache(tmp_path / "cache", other)
+    assert cache2.identity != cache.identity
+    cache2.codes(clip, 8, silence_frames=2)
+    assert cache2.misses == 1  # another codec
+    latent = cache.latent(clip, 0.8)
+    assert latent.shape == (10, 32)
