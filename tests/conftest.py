@@ -38,3 +38,12 @@ def lm_pairs(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def stt_assets(tmp_path_factory):
+    """The small STT model directory's assets of `tests/stt_assets.py` (built once per session)."""
+    pytest.importorskip("oracle")
+    from stt_assets import build_assets
+
+    return build_assets(tmp_path_factory.mktemp("stt-assets"))

@@ -1,27 +1,17 @@
-"""The STT transcriber against the DSM scripts' streaming recipe (B) run with the reference `moshi` models.
-
-A small hub-style model directory is built in the test: a 1-layer, 128-wide STT LM (real n_q 32, card 2048,
-extra heads 4x6) and a 1-layer Mimi, random weights in Kyutai's layout, a tiny SentencePiece tokenizer and a
-Kyutai `config.json`. The text head is nudged so that the random model emits word boundaries (0), padding
-(3) and word pieces, so transcripts and timestamps are non-trivial.
-"""
+"""The STT transcriber against the DSM scripts' streaming recipe (B) run with the reference `moshi` models,
+on the small hub-style model directory of `tests/stt_assets.py`."""
 
 from __future__ import annotations
 
-import copy
 import itertools
-import json
 import math
 import time
 
-import lm_configs
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from tiny_tokenizer import train_tokenizer
 
-from dsm.codec import MimiConfig
 from dsm.errors import AudioError, CheckpointError, DsmError
 from dsm.stt.checkpoint import SttCheckpoint
 from dsm.stt.timestamps import WordEnded, WordStarted, transcript_text, words_from_tokens
@@ -29,58 +19,12 @@ from dsm.stt.transcriber import Transcriber, VadStep
 
 oracle = pytest.importorskip("oracle")
 
-FRAME = 1920
-MIMI_NAME = lm_configs.STT_1B["mimi_name"]
-TOK_NAME = lm_configs.STT_1B["tokenizer_name"]
+from stt_assets import FRAME, MIMI_1L, MIMI_NAME, TOK_NAME, make_repo  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """Weights, tokenizer and reference models shared by every test (built once)."""
-    root = tmp_path_factory.mktemp("stt-assets")
-    tok = train_tokenizer(root, vocab_size=120, min_words=8, max_words=8)
-
-    cfg = lm_configs.reduced(lm_configs.STT_1B, layers=1)
-    cfg.update(dim=128, num_heads=2, text_card=tok.vocab_size(), context=100)
-    ref_lm = oracle.reference_lm(cfg, seed=2)
-    with torch.no_grad():  # make boundaries (0) and padding (3) frequent, as in a trained model
-        w = ref_lm.text_linear.weight
-        w[0] *= 3.0
-        w[3] *= 3.5
-    oracle.export_lm(ref_lm, root / "model.safetensors")
-
-    from moshi.models import loaders
-
-    mimi_cfg = copy.deepcopy(loaders._mimi_config)
-    mimi_cfg["transformer"]["num_layers"] = 1
-    torch.manual_seed(3)
-    ref_mimi = loaders.get_mimi(None, mimi_config=mimi_cfg, device="cpu", num_codebooks=32)
-    oracle.randomize_mimi(ref_mimi, seed=3)
-    oracle.export_mimi(ref_mimi, root / MIMI_NAME)
-    (root / TOK_NAME).write_bytes((root / "tok.model").read_bytes())
-
-    audio = {}
-    for name, seconds, seed in (("a", 2.5, 1), ("b", 1.7, 2), ("c", 3.0, 3)):
-        wav = oracle.test_signal(1, int(seconds * 24000), seed=seed)[0, 0].numpy()
-        path = root / f"{name}.wav"
-        sf.write(str(path), wav, 24000, subtype="FLOAT")
-        audio[name] = path
-    return {"root": root, "cfg": cfg, "tok": tok, "ref_lm": ref_lm, "ref_mimi": ref_mimi, "audio": audio}
-
-
-def make_repo(assets, path, prefix: float, delay: float = 0.5, drop: str | None = None):
-    """A local model directory laid out like a hub repo (weights linked from the shared assets)."""
-    path.mkdir()
-    cfg = copy.deepcopy(assets["cfg"])
-    cfg["stt_config"] = {"audio_delay_seconds": delay, "audio_silence_prefix_seconds": prefix}
-    (path / "config.json").write_text(json.dumps(cfg))
-    for name in ("model.safetensors", MIMI_NAME, TOK_NAME):
-        if name != drop:
-            (path / name).symlink_to(assets["root"] / name)
-    return path
-
-
-MIMI_1L = MimiConfig(num_layers=1)
+def assets(stt_assets):
+    return stt_assets
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +245,116 @@ def test_audio_errors(exact0, tmp_path):
         exact.transcribe(np.full(2000, np.nan, dtype=np.float32))
     with pytest.raises(AudioError, match="not found"):
         exact.transcribe_batch([garbage.parent / "missing.wav"])
+
+
+# -- prompting (model-spec §4.4) -------------------------------------------------------------------------
+
+
+def reference_prompt_recipe(assets, target, prompt_wav, prompt_text: str | None, delay: float = 0.5):
+    """The DSM prompt script with the reference models (prefix 0): chunks of prefix silence, prompt audio,
+    10 silent chunks, target, suffix silence; the PromptHook forcing the prompt text's tokens."""
+    from moshi.models.lm import LMGen
+
+    mimi, lm, tok = assets["ref_mimi"], assets["ref_lm"], assets["tok"]
+    expected = list(tok.encode(prompt_text)) if prompt_text else []
+
+    def on_logits(logits):
+        if expected:
+            keep = logits.clone()
+            logits.fill_(float("-inf"))
+            for t in (0, 3, expected[0]):
+                logits[..., t] = keep[..., t]
+
+    def on_text(token):
+        t = int(token[0])
+        if expected and t not in (0, 3):
+            assert t == expected[0]
+            expected.pop(0)
+
+    def chunks_of(wav):
+        wav = torch.from_numpy(wav)[None, None]
+        wav = torch.nn.functional.pad(wav, (0, -wav.shape[-1] % FRAME))
+        return list(torch.split(wav, FRAME, dim=-1))
+
+    silence = torch.zeros(1, 1, FRAME)
+    chunks = [] if prompt_wav is None else chunks_of(prompt_wav) + [silence] * 10
+    chunks += chunks_of(target) + [silence] * math.ceil(delay * 12.5)
+    gen = LMGen(
+        lm, use_sampling=False, temp=0, temp_text=0, on_text_logits_hook=on_logits, on_text_hook=on_text
+    )
+    tokens = []
+    with torch.no_grad(), mimi.streaming(1), gen.streaming(1):
+        for chunk in chunks:
+            tokens.append(int(gen.step(mimi.encode(chunk))[0, 0, 0]))
+    return tokens, expected
+
+
+@pytest.mark.parametrize("use_audio,use_text", [(True, False), (False, True), (True, True)])
+def test_prompt_matches_reference_recipe(assets, exact0, use_audio, use_text):
+    tok = assets["tok"]
+    target, _ = sf.read(str(assets["audio"]["b"]), dtype="float32")
+    prompt_wav = sf.read(str(assets["audio"]["a"]), dtype="float32")[0][:30000] if use_audio else None
+    # Words the random model itself writes on this audio, so that greedy forcing can complete them.
+    own = [w.text for w in exact0.transcribe(assets["audio"]["c"]).words]
+    prompt_text = " ".join(own[:2]) if use_text else None
+    tokens, left = reference_prompt_recipe(assets, target, prompt_wav, prompt_text)
+    assert not left, "the reference did not complete the forced prompt"
+    got = exact0.transcribe(target, sample_rate=24000, prompt_text=prompt_text, prompt_audio=prompt_wav)
+    assert got.tokens == tokens
+    # The cut: a word boundary after the forced text (and after the audio prompt plus the delay).
+    cut = got.prompt_steps
+    assert 0 < cut < len(tokens) and tokens[cut] == 0
+    if use_text:
+        forced = list(tok.encode(prompt_text))
+        pieces = [i for i, t in enumerate(tokens) if t > 3]
+        assert [tokens[i] for i in pieces[: len(forced)]] == forced  # forced from the first step on
+        assert pieces[len(forced) - 1] < cut
+    if use_audio:
+        assert cut >= math.ceil(30000 / FRAME) + 10 // 2 + 6 - 1
+    assert got.text == tok.decode([t for t in tokens[cut:] if t > 3])
+    full = words_from_tokens(tokens, tok, prefix_chunks=0, audio_delay_seconds=0.5)
+    kept = [w for w in full if w.start >= (cut + 1) / 12.5 - 0.5]
+    shift = (math.ceil(30000 / FRAME) + 10) / 12.5 if use_audio else 0.0
+    assert [w.text for w in got.words] == [w.text for w in kept]
+    for w, k in zip(got.words, kept, strict=True):
+        assert w.start == pytest.approx(max(0.0, k.start - shift)) and w.end == pytest.approx(
+            max(0.0, k.end - shift)
+        )
+    assert all(w.end <= got.duration + 1.0 for w in got.words)
+
+
+def test_prompt_errors_and_batch(assets, exact0):
+    target = assets["audio"]["b"]
+    with pytest.raises(DsmError, match="prompt text is empty"):
+        exact0.transcribe(target, prompt_text="  ")
+    with pytest.raises(AudioError, match="not found"):
+        exact0.transcribe(target, prompt_audio=target.parent / "nope.wav")
+    paths = [assets["audio"]["a"], target]
+    batch = exact0.transcribe_batch(paths, prompt_audio=assets["audio"]["c"])
+    for path, got in zip(paths, batch, strict=True):
+        assert got.tokens == exact0.transcribe(path, prompt_audio=assets["audio"]["c"]).tokens
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_long_form_stream_runs_in_constant_memory(assets, transcribers):
+    """Far past the KV ring (context 100 steps): the state is written in place and memory stays flat."""
+    stream = transcribers(0.0).stream()
+    rng = np.random.default_rng(1)
+    second = (0.1 * rng.standard_normal(24000)).astype(np.float32)
+    for _ in range(10):  # past the ring once: every buffer exists now
+        stream.push(second)
+    gen = stream._gen
+    pointers = [t.data_ptr() for t in gen.state.keys + gen.state.values]
+    before = _rss_bytes()
+    for _ in range(30):  # 30 s more: 375 steps, 3.75 times the context
+        stream.push(second)
+    growth = _rss_bytes() - before
+    assert stream.step == 40 * 12.5
+    assert [t.data_ptr() for t in gen.state.keys + gen.state.values] == pointers
+    assert growth < 16 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MiB"
+    events = stream.flush()
+    assert stream.transcript().duration == 40.0 and isinstance(events, list)

@@ -200,3 +200,42 @@ def read_bytes(path: str) -> bytes:
         return file.read_bytes()
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror or e})") from e
+
+
+# -- DSM checkpoints (STT, TTS) -------------------------------------------------------------------------
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_checkpoint_options(parser: argparse.ArgumentParser, default_repo: str | None) -> None:
+    """Kyutai's model flags for a DSM checkpoint: a hub repo (or a local directory laid out like one),
+    each file overridable (an explicit file wins over the repo's), and the device and dtype."""
+    group = parser.add_argument_group("model")
+    default = f" (default: {default_repo})" if default_repo else ""
+    repo_help = f"Hugging Face repo id, or a local directory laid out like one{default}"
+    group.add_argument("--hf-repo", metavar="REPO", help=repo_help)
+    group.add_argument("--moshi-weight", metavar="PATH", help="LM weights (.safetensors)")
+    group.add_argument("--mimi-weight", metavar="PATH", help="Mimi weights (.safetensors)")
+    group.add_argument("--tokenizer", metavar="PATH", help="SentencePiece model")
+    group.add_argument("--config-path", metavar="PATH", help="Kyutai config.json")
+    group.add_argument(
+        "--device", type=device_arg, default=torch.device("cpu"), help="torch device (default: cpu)"
+    )
+    group.add_argument(
+        "--dtype", choices=sorted(DTYPES), help="LM weights dtype (default: bfloat16 on GPU, float32 on CPU)"
+    )
+
+
+def checkpoint_kwargs(args: argparse.Namespace, default_repo: str | None) -> dict:
+    """Keyword arguments for `*.from_checkpoint` from the flags of `add_checkpoint_options`."""
+    check_device(args.device)
+    explicit = args.moshi_weight and args.mimi_weight and args.tokenizer and args.config_path
+    return {
+        "hf_repo": args.hf_repo or (None if explicit else default_repo),
+        "moshi_weight": args.moshi_weight,
+        "mimi_weight": args.mimi_weight,
+        "tokenizer": args.tokenizer,
+        "config_path": args.config_path,
+        "device": args.device,
+        "dtype": DTYPES[args.dtype] if args.dtype else None,
+    }

@@ -9,6 +9,7 @@ default). The transcript decodes the tokens > 3; word timestamps follow `words_f
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dsm.audio import read_audio, resample
 from dsm.codec import Mimi, MimiConfig, load_mimi
@@ -27,6 +29,7 @@ from dsm.lm import load_lm
 from dsm.lm.model import LMModel
 from dsm.stt.checkpoint import SttCheckpoint, SttConfig, load_tokenizer
 from dsm.stt.timestamps import (
+    END_OF_PADDING_ID,
     FRAME_RATE,
     TextTokenizer,
     Word,
@@ -37,10 +40,14 @@ from dsm.stt.timestamps import (
     words_from_tokens,
 )
 
-__all__ = ["SttStream", "Transcriber", "Transcript", "VadStep"]
+__all__ = ["Prompt", "SttStream", "Transcriber", "Transcript", "VadStep"]
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24_000
 FRAME_SIZE = 1920
+# Silent chunks between an audio prompt and the audio to transcribe (the DSM prompt script's 0.8 s).
+PROMPT_SEPARATOR_CHUNKS = 10
 
 
 @dataclass
@@ -58,6 +65,65 @@ class Transcript:
     vad: torch.Tensor | None
     prefix_chunks: int
     duration: float  # seconds of real audio (before padding)
+    prompt_steps: int = 0  # steps of ``tokens`` spent on the prompt, cut from ``text`` and ``words``
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Steering for the transcript's spelling (model-spec §4.4, the DSM prompt script).
+
+    ``audio`` (24 kHz mono) is fed after the prefix silence and followed by 0.8 s of silence before the
+    audio to transcribe; ``text`` is forced: while its tokens remain, only they, padding (3) and word
+    boundaries (0) may be sampled. The prompt's own transcript is cut from the result at the first word
+    boundary after both the forced text and the audio prompt (plus half the separator, plus the delay);
+    word times stay relative to the audio to transcribe.
+    """
+
+    text: str | None = None
+    audio: np.ndarray | None = None
+
+    @property
+    def audio_chunks(self) -> int:
+        """Chunks of prompt audio plus the separator silence (0 without an audio prompt)."""
+        if self.audio is None:
+            return 0
+        return math.ceil(len(self.audio) / FRAME_SIZE) + PROMPT_SEPARATOR_CHUNKS
+
+
+class _PromptForcer:
+    """`LMGen` text hooks that force each slot's prompt tokens, in order (the reference's PromptHook)."""
+
+    def __init__(self, prompts: list[list[int]], device: torch.device, padding_id: int) -> None:
+        width = max((len(p) for p in prompts), default=0)
+        self.expected = torch.full((len(prompts), width + 1), -1, dtype=torch.long, device=device)
+        for b, p in enumerate(prompts):
+            self.expected[b, : len(p)] = torch.tensor(p, dtype=torch.long)
+        self.lengths = torch.tensor([len(p) for p in prompts], device=device)
+        self.position = torch.zeros(len(prompts), dtype=torch.long, device=device)
+        self.allowed = torch.tensor([END_OF_PADDING_ID, padding_id], device=device)
+        self.active = torch.ones(len(prompts), dtype=torch.bool, device=device)
+        self.last_forced_step = [-1] * len(prompts)
+        self.step = 0
+
+    def remaining(self) -> torch.Tensor:
+        return (self.position < self.lengths) & self.active
+
+    def on_text_logits(self, logits: torch.Tensor) -> None:
+        forcing = self.remaining()
+        if not bool(forcing.any()):
+            return
+        keep = torch.zeros_like(logits, dtype=torch.bool)
+        keep[:, self.allowed] = True
+        next_token = self.expected.gather(1, self.position[:, None])
+        keep.scatter_(1, next_token.clamp_min(0), True)
+        logits.masked_fill_(forcing[:, None] & ~keep, float("-inf"))
+
+    def on_text(self, tokens: torch.Tensor) -> None:
+        hit = self.remaining() & (tokens == self.expected.gather(1, self.position[:, None])[:, 0])
+        for b in hit.nonzero()[:, 0].tolist():
+            self.last_forced_step[b] = self.step
+        self.position += hit.long()
+        self.step += 1
 
 
 @dataclass(frozen=True)
@@ -160,11 +226,36 @@ class Transcriber:
     def num_heads(self) -> int:
         return self.lm.cfg.extra_heads_num_heads
 
-    def _generator(self, batch: int, temperature: float | None, seeds: Sequence[int] | None) -> LMGen:
+    def _generator(
+        self,
+        batch: int,
+        temperature: float | None,
+        seeds: Sequence[int] | None,
+        forcer: _PromptForcer | None = None,
+    ) -> LMGen:
         temp = self.temperature if temperature is None else temperature
         return LMGen(
-            self.lm, batch, temp=0.0, temp_text=temp, top_k_text=self.top_k, seeds=seeds, exact=self.exact
+            self.lm,
+            batch,
+            temp=0.0,
+            temp_text=temp,
+            top_k_text=self.top_k,
+            seeds=seeds,
+            exact=self.exact,
+            on_text_logits=None if forcer is None else forcer.on_text_logits,
+            on_text=None if forcer is None else forcer.on_text,
         )
+
+    def make_prompt(
+        self, text: str | None = None, audio: AudioInput | None = None, sample_rate: int | None = None
+    ) -> Prompt | None:
+        """A `Prompt` from text and/or audio (a file, bytes or an array); None when both are absent."""
+        if text is not None and not text.strip():
+            raise InputError("the prompt text is empty")
+        if text is None and audio is None:
+            return None
+        wav = None if audio is None else self.load_audio(audio, sample_rate)
+        return Prompt(text=text, audio=wav)
 
     def load_audio(self, source: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         """24 kHz mono float32 samples of a file (path or bytes) or an array ([T] or [C, T])."""
@@ -199,10 +290,18 @@ class Transcriber:
         *,
         temperature: float | None = None,
         seed: int | None = None,
+        prompt_text: str | None = None,
+        prompt_audio: AudioInput | None = None,
+        progress: bool = False,
     ) -> Transcript:
-        """Transcribe one file or array (``sample_rate`` is for arrays; None means 24 kHz)."""
+        """Transcribe one file or array (``sample_rate`` is for arrays; None means 24 kHz).
+
+        ``prompt_text`` / ``prompt_audio`` steer spelling (see `Prompt`); the prompt's transcript is cut.
+        ``progress`` shows a tqdm bar on stderr for long inputs.
+        """
         wav = self.load_audio(source, sample_rate)
-        return self._run([wav], temperature, None if seed is None else [seed])[0]
+        prompt = self.make_prompt(prompt_text, prompt_audio)
+        return self._run([wav], temperature, None if seed is None else [seed], prompt, progress)[0]
 
     def transcribe_batch(
         self,
@@ -211,48 +310,113 @@ class Transcriber:
         *,
         temperature: float | None = None,
         seeds: Sequence[int] | None = None,
+        prompt_text: str | None = None,
+        prompt_audio: AudioInput | None = None,
+        progress: bool = False,
     ) -> list[Transcript]:
         """Transcribe several files at once through one batched Mimi encoder and one `LMGen`.
 
         Each file runs exactly as alone: a slot stops (is masked inactive) after its own suffix silence.
+        A prompt applies to every file.
         """
         if not sources:
             return []
         wavs = [self.load_audio(s, sample_rate) for s in sources]
-        return self._run(wavs, temperature, seeds)
+        prompt = self.make_prompt(prompt_text, prompt_audio)
+        return self._run(wavs, temperature, seeds, prompt, progress)
+
+    def _layout(self, wav: np.ndarray, prompt: Prompt | None) -> tuple[int, np.ndarray]:
+        """(steps, samples fed after the prefix silence) for one file: prompt audio, separator, audio."""
+        parts = []
+        if prompt is not None and prompt.audio is not None:
+            padded = np.zeros(prompt.audio_chunks * FRAME_SIZE, dtype=np.float32)
+            padded[: len(prompt.audio)] = prompt.audio
+            parts.append(padded)
+        parts.append(wav)
+        body = np.concatenate(parts)
+        return self.prefix_chunks + math.ceil(len(body) / FRAME_SIZE) + self.suffix_chunks, body
 
     @torch.inference_mode()
     def _run(
-        self, wavs: list[np.ndarray], temperature: float | None, seeds: Sequence[int] | None
+        self,
+        wavs: list[np.ndarray],
+        temperature: float | None,
+        seeds: Sequence[int] | None,
+        prompt: Prompt | None = None,
+        progress: bool = False,
     ) -> list[Transcript]:
         B = len(wavs)
-        P, S = self.prefix_chunks, self.suffix_chunks
-        frames = [math.ceil(len(w) / FRAME_SIZE) for w in wavs]
-        steps = [P + f + S for f in frames]
+        P = self.prefix_chunks
+        layouts = [self._layout(w, prompt) for w in wavs]
+        steps = [n for n, _ in layouts]
         total = max(steps)
-        x = torch.zeros(B, 1, total * FRAME_SIZE)
-        for b, w in enumerate(wavs):
-            x[b, 0, P * FRAME_SIZE : P * FRAME_SIZE + len(w)] = torch.from_numpy(w)
-        x = x.to(self.lm.device)
+        bodies = [body for _, body in layouts]
+        chunk = torch.zeros(B, 1, FRAME_SIZE)
         n_steps = torch.tensor(steps, device=self.lm.device)
+        forcer = None
+        if prompt is not None and prompt.text is not None:
+            ids = list(self.tokenizer.encode(prompt.text))
+            forcer = _PromptForcer([ids] * B, self.lm.device, self.padding_id)
         encoder = self.mimi.streaming_encoder(B, n_q=self.lm.cfg.n_q, exact=self.exact)
-        gen = self._generator(B, temperature, seeds)
+        gen = self._generator(B, temperature, seeds, forcer)
         tokens = torch.full((B, total), -2, dtype=torch.long)
         vad = torch.zeros(B, total, self.num_heads)
+        bar = tqdm(total=total, desc="transcribing", unit="frame", disable=not progress, delay=1.0)
         for s in range(total):
             active = n_steps > s
             mask = None if bool(active.all()) else active
-            codes = encoder.step(x[..., s * FRAME_SIZE : (s + 1) * FRAME_SIZE], active=mask)
+            if forcer is not None:
+                forcer.active = active
+            chunk.zero_()
+            start = (s - P) * FRAME_SIZE
+            for b, body in enumerate(bodies):
+                if 0 <= start < len(body):
+                    piece = body[start : start + FRAME_SIZE]
+                    chunk[b, 0, : len(piece)] = torch.from_numpy(piece)
+            codes = encoder.step(chunk.to(self.lm.device), active=mask)
             out = gen.step(codes[:, :, 0], active=mask)
             tokens[:, s] = out.tokens[:, 0].cpu()
             if out.extra_heads:
                 vad[:, s] = torch.stack([h[:, 0] for h in out.extra_heads], dim=1).float().cpu()
-        return [
-            self._transcript(tokens[b, : steps[b]].tolist(), vad[b, : steps[b]], len(w) / SAMPLE_RATE)
-            for b, w in enumerate(wavs)
-        ]
+            bar.update()
+        bar.close()
+        results = []
+        for b, w in enumerate(wavs):
+            forced = -1
+            if forcer is not None:
+                forced = forcer.last_forced_step[b]
+                if forcer.position[b] < forcer.lengths[b]:
+                    log.warning("the prompt text was not completed by the end of the audio")
+                    forced = steps[b]  # everything was constrained by the prompt: nothing is kept
+            results.append(
+                self._transcript(
+                    tokens[b, : steps[b]].tolist(), vad[b, : steps[b]], len(w) / SAMPLE_RATE, prompt, forced
+                )
+            )
+        return results
 
-    def _transcript(self, tokens: list[int], vad: torch.Tensor | None, duration: float) -> Transcript:
+    def _prompt_cut(self, tokens: list[int], prompt: Prompt | None, last_forced_step: int) -> int:
+        """The step of the word boundary that starts the transcript proper (0 without a prompt)."""
+        if prompt is None:
+            return 0
+        earliest = last_forced_step + 1
+        if prompt.audio is not None:
+            delay_steps = round(self.stt_config.audio_delay_seconds * FRAME_RATE)
+            audio_end = self.prefix_chunks + prompt.audio_chunks - PROMPT_SEPARATOR_CHUNKS // 2
+            earliest = max(earliest, audio_end + delay_steps)
+        for i in range(max(earliest - 1, 0), len(tokens)):
+            if tokens[i] == END_OF_PADDING_ID:
+                return i
+        return len(tokens)
+
+    def _transcript(
+        self,
+        tokens: list[int],
+        vad: torch.Tensor | None,
+        duration: float,
+        prompt: Prompt | None = None,
+        last_forced_step: int = -1,
+    ) -> Transcript:
         words = words_from_tokens(
             tokens,
             self.tokenizer,
@@ -260,8 +424,19 @@ class Transcriber:
             audio_delay_seconds=self.stt_config.audio_delay_seconds,
             padding_id=self.padding_id,
         )
-        text = transcript_text(tokens, self.tokenizer, self.padding_id)
-        return Transcript(text, words, tokens, vad if self.num_heads else None, self.prefix_chunks, duration)
+        cut = self._prompt_cut(tokens, prompt, last_forced_step)
+        if cut:
+            offset_s = int(self.prefix_chunks / FRAME_RATE) + self.stt_config.audio_delay_seconds
+            first = max(0.0, (cut + 1) / FRAME_RATE - offset_s)
+            shift = (prompt.audio_chunks if prompt else 0) / FRAME_RATE
+            words = [
+                Word(w.text, max(0.0, w.start - shift), max(0.0, w.end - shift))
+                for w in words
+                if w.start >= first
+            ]
+        text = transcript_text(tokens[cut:], self.tokenizer, self.padding_id)
+        vad = vad if self.num_heads else None
+        return Transcript(text, words, tokens, vad, self.prefix_chunks, duration, prompt_steps=cut)
 
     # -- streaming ------------------------------------------------------------------------------
     def stream(
