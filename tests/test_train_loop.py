@@ -179,17 +179,17 @@ def test_finetune_published_checkpoint(assets, published, tmp_path, mode):
     assert isinstance(out.text, str)
 
 
-def test_cli_train_and_resume(assets, tmp_path, capsys):
+def write_stt_toml(assets, path, max_steps: int) -> None:
     arch = ", ".join(
         f"{k} = {json.dumps(v)}"
-        for k, v in stt_config_dict(assets, tmp_path)["model"]["arch"].items()
+        for k, v in stt_config_dict(assets, path)["model"]["arch"].items()
         if v is not None
     )
-    (tmp_path / "stt.toml").write_text(
+    path.write_text(
         f"""
 [run]
 out_dir = "run"
-max_steps = 3
+max_steps = {max_steps}
 log_every = 1
 save_every = 2
 num_threads = 1
@@ -215,6 +215,10 @@ seanet = {{ n_filters = 4, dimension = 32 }}
 delay_seconds = 0.24
 """
     )
+
+
+def test_cli_train_and_resume(assets, tmp_path, capsys):
+    write_stt_toml(assets, tmp_path / "stt.toml", max_steps=3)
     assert main(["train", "stt", "--config", str(tmp_path / "stt.toml"), "-q"]) == 0
     assert "trained stt for 3 steps" in capsys.readouterr().out
     assert (
@@ -261,3 +265,62 @@ def test_codes_cache_keys(assets, tmp_path):
     assert cache2.misses == 1  # another codec
     latent = cache.latent(clip, 0.8)
     assert latent.shape == (10, 32)
+
+
+@pytest.mark.parametrize("name", ["codec_tiny", "stt_tiny", "stt_finetune_lora", "tts_tiny"])
+def test_example_configs_parse(name):
+    from pathlib import Path
+
+    from dsm.lm import LMConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "train" / f"{name}.toml"
+    kind = name.split("_")[0]
+    cfg = load_config(path, kind)
+    assert cfg.kind == kind and cfg.out_dir.parent.name == "runs"
+    if cfg.model.arch:
+        LMConfig.from_kyutai(cfg.model.arch)
+    if kind == "codec":
+        from dsm.train.codec import mimi_config_from_dict
+
+        assert mimi_config_from_dict(cfg.codec.arch).n_q == 8
+
+
+def test_ddp_with_torchrun(assets, tmp_path):
+    """Two CPU processes (gloo) launched by torchrun through the command line train one model."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("dsm") or str(Path(sys.executable).parent / "dsm")
+    if not Path(exe).exists():
+        pytest.skip("the dsm command is not installed")
+    write_stt_toml(assets, tmp_path / "stt.toml", max_steps=4)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "--no-python",
+        exe,
+        "train",
+        "stt",
+        "--config",
+        str(tmp_path / "stt.toml"),
+        "-q",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained stt for 4 steps") == 2  # both ranks
+    state = _state(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 4 and len(state["ranks"]) == 2
+    assert (tmp_path / "run" / "export" / "model.safetensors").is_file()

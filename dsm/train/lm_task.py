@@ -16,6 +16,7 @@ from torch.nn.utils import parametrize
 
 from dsm.codec import Mimi, load_mimi
 from dsm.errors import CheckpointError, InputError
+from dsm.hub import resolve_reference
 from dsm.lm import LMConfig, LMModel, build_lm, load_lm
 from dsm.nn.transformer import Attention
 from dsm.stt.checkpoint import SttCheckpoint, load_tokenizer
@@ -74,14 +75,18 @@ def load_setup(cfg: TrainConfig, device: torch.device) -> LMSetup:
     """Fine-tune: resolve a Kyutai-format checkpoint (hub repo / directory / files) and load it in float32.
     From scratch: build ``[model.arch]`` (Kyutai config.json keys) with `init_weights`."""
     m = cfg.model
+
+    def ref(value: str) -> str | Path | None:
+        """A file named in the config: hf://owner/repo/file as is, else a path from the config's directory."""
+        if not value:
+            return None
+        return value if value.startswith("hf://") else cfg.path(value)
+
     opt = {
-        k: (cfg.path(v) if v else None)
-        for k, v in (
-            ("moshi_weight", m.moshi_weight),
-            ("mimi_weight", m.mimi_weight),
-            ("tokenizer", m.tokenizer),
-            ("config_path", m.config_path),
-        )
+        "moshi_weight": ref(m.moshi_weight),
+        "mimi_weight": ref(m.mimi_weight),
+        "tokenizer": ref(m.tokenizer),
+        "config_path": ref(m.config_path),
     }
     init = m.init
     if init and not init.startswith("hf://") and cfg.path(init).exists():
@@ -97,7 +102,7 @@ def load_setup(cfg: TrainConfig, device: torch.device) -> LMSetup:
         if opt["config_path"] is not None:
             import json
 
-            raw = json.loads(Path(opt["config_path"]).read_text())
+            raw = json.loads(resolve_reference(opt["config_path"]).read_text())
             raw.update(copy.deepcopy(m.arch))
         else:
             raw = copy.deepcopy(m.arch)
@@ -111,7 +116,7 @@ def load_setup(cfg: TrainConfig, device: torch.device) -> LMSetup:
             raise InputError(f"{cfg.source}: [model.arch]: {e}") from e
         lm = build_lm(lm_cfg, device=device, dtype=torch.float32)
         init_weights(lm)
-        tok_path, mimi_path = opt["tokenizer"], opt["mimi_weight"]
+        tok_path, mimi_path = resolve_reference(opt["tokenizer"]), resolve_reference(opt["mimi_weight"])
     tokenizer = load_tokenizer(tok_path)
     if tokenizer.vocab_size() > lm.cfg.text_card:
         raise InputError(

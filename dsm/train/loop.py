@@ -259,6 +259,8 @@ class Trainer:
         if not self.params:
             raise InputError("nothing to train: every parameter is frozen")
         self.fsdp = info.distributed and cfg.run.distributed == "fsdp"
+        if self.fsdp and info.device.type != "cuda":
+            raise InputError("[run].distributed = 'fsdp' needs CUDA devices; use 'ddp' on CPUs")
         self.wrapped = self._wrap(module)
         opt = cfg.optim
         decay, no_decay = [], []
