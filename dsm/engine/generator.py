@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dsm.engine.depformer import FastDepformer, supports_fast_depformer
 from dsm.errors import InputError
 from dsm.lm.model import UNGENERATED_TOKEN, ZERO_TOKEN, LMModel
 from dsm.nn.sampling import sample, sample_per_slot
@@ -40,8 +41,8 @@ class LMGen:
     """Streaming generator over `batch_size` slots (see the module docstring).
 
     Sampling: temperatures <= 0 are greedy. With `seeds`, slot b draws from its own generator (its
-    tokens do not depend on the other slots); without, draws come from torch's default generator in
-    the reference's order, so a seeded reference run is reproduced token for token.
+    tokens do not depend on the other slots); without, draws come from `generator` (default: torch's
+    default generator) in the reference's order, so a seeded reference run is reproduced token for token.
     Classifier-free guidance (`cfg_coef != 1`) runs a null-conditioned copy of each slot: pass
     `condition_sum` / `condition_cross` with 2B rows (conditional first, null second), or use
     `cfg_is_no_text` to build the null copy by masking text.
@@ -62,6 +63,7 @@ class LMGen:
         condition_sum: torch.Tensor | None = None,
         condition_cross: torch.Tensor | None = None,
         seeds: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
         dep_q: int | None = None,
         exact: bool = False,
         on_text_logits: Callable[[torch.Tensor], None] | None = None,
@@ -101,7 +103,13 @@ class LMGen:
         self.condition_cross = None if condition_cross is None else condition_cross.to(model.dtype)
         self.state = model.transformer.init_state(rows, fast=not exact)
         self.depformer_state = model.depformer.init_state(rows, fast=not exact) if model.depformer else None
+        self.fast_depformer = None
+        if self.dep_q > 0 and supports_fast_depformer(model):
+            self.fast_depformer = FastDepformer(model, rows, self.dep_q, exact=exact)
         self.generators = None
+        self.generator = generator
+        if seeds is not None and generator is not None:
+            raise InputError("pass either per-slot seeds or one shared generator, not both")
         if seeds is not None:
             if len(seeds) != batch_size:
                 raise InputError(f"expected {batch_size} seeds, got {len(seeds)}")
@@ -113,8 +121,9 @@ class LMGen:
 
     @property
     def needed_inputs(self) -> int:
-        """Number of input token rows per step (the user's audio codebooks): K - 1 - dep_q."""
-        return self.model.cfg.num_codebooks - 1 - self.model.cfg.dep_q
+        """Number of input token rows per step: K - 1 - dep_q (the user's audio codebooks; with a
+        lowered `dep_q`, also the codebooks no longer generated, e.g. fed as -1 by TTS)."""
+        return self.model.cfg.num_codebooks - 1 - self.dep_q
 
     # -- slot management -------------------------------------------------------------------------
     def _mask(self, slots) -> torch.Tensor:
@@ -157,7 +166,7 @@ class LMGen:
     # -- one step --------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, temp: float, top_k: int) -> torch.Tensor:
         if self.generators is None:
-            return sample(logits, temp, top_k)
+            return sample(logits, temp, top_k, self.generator)
         return sample_per_slot(logits, temp, top_k, self.generators)
 
     @torch.inference_mode()
@@ -187,7 +196,7 @@ class LMGen:
             if inputs.dim() != 2 or inputs.shape[0] != B or inputs.shape[1] < needed:
                 raise InputError(f"inputs must have shape [{B}, {needed}], got {list(inputs.shape)}")
             inputs = inputs[:, :needed]
-            first = cfg.dep_q + 1
+            first = self.dep_q + 1
             self._write(first, inputs, (self.offsets[:, None] + self.delays[first:]) % CT, exec_mask)
 
         is_init = (self.offsets[:, None] <= self.delays) | ~exec_mask[:, None]  # [B, K]
@@ -250,6 +259,9 @@ class LMGen:
 
     def _depformer(self, text: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Sample the dep_q audio codebooks of this step, one after the other."""
+        if self.fast_depformer is not None:
+            first = text.repeat(2) if self.uses_cfg else text
+            return self.fast_depformer(first, hidden, self._pick_audio)
         model = self.model
         state = self.depformer_state
         state.reset(torch.ones_like(state.offset, dtype=torch.bool))
@@ -266,3 +278,10 @@ class LMGen:
             previous = self._sample(logits.float(), self.temp, self.top_k)
             tokens.append(previous)
         return torch.stack(tokens, dim=1)
+
+    def _pick_audio(self, codebook: int, logits: torch.Tensor) -> torch.Tensor:
+        """Audio tokens of one codebook from the depformer's logits (CFG applied)."""
+        if self.uses_cfg:
+            cond, null = logits.chunk(2)
+            logits = null + (cond - null) * self.cfg_coef
+        return self._sample(logits.float(), self.temp, self.top_k)

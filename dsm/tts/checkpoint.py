@@ -1,0 +1,115 @@
+"""Finding the files of a DSM text-to-speech checkpoint (e.g. `kyutai/tts-1.6b-en_fr`).
+
+The same flags as speech-to-text (`--hf-repo --moshi-weight --mimi-weight --tokenizer --config-path`,
+see `dsm.stt.checkpoint`), plus what TTS reads from the config: `tts_config` (audio delay, second
+stream lookahead, speaker count) and `model_id`, which names the voice embedding files of this model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsm.errors import CheckpointError
+from dsm.hub import resolve_reference
+from dsm.lm.config import LMConfig
+from dsm.stt.checkpoint import SttCheckpoint
+from dsm.tts.script import FRAME_RATE
+from dsm.tts.voices import voice_suffix
+
+DEFAULT_TTS_REPO = "kyutai/tts-1.6b-en_fr"
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    """The `tts_config` section of a Kyutai TTS config.json."""
+
+    audio_delay: float = 1.28  # seconds between a text token and the audio it produces
+    second_stream_ahead: int = 0  # words of lookahead on the second text stream
+    max_speakers: int = 5  # voice slots of the cross-attention condition
+    multistream: bool = False
+
+    @property
+    def delay_steps(self) -> int:
+        return int(self.audio_delay * FRAME_RATE)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> TtsConfig:
+        raw = raw or {}
+        try:
+            out = cls(
+                audio_delay=float(raw.get("audio_delay", 1.28)),
+                second_stream_ahead=int(raw.get("second_stream_ahead", 0)),
+                max_speakers=int(raw.get("max_speakers", 5)),
+                multistream=bool(raw.get("multistream", False)),
+            )
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"config: invalid tts_config {raw!r} ({e})") from e
+        if out.audio_delay < 0 or out.second_stream_ahead < 0 or out.max_speakers < 1:
+            raise CheckpointError(f"config: invalid tts_config {raw!r}")
+        if out.multistream:
+            raise CheckpointError("config: multistream TTS models are not supported")
+        return out
+
+
+@dataclass(frozen=True)
+class TtsCheckpoint:
+    """Resolved local paths of a TTS checkpoint, plus its parsed config."""
+
+    moshi_weight: Path
+    mimi_weight: Path
+    tokenizer: Path
+    config_path: Path
+    raw_config: dict[str, Any]
+
+    @property
+    def lm_config(self) -> LMConfig:
+        try:
+            cfg = LMConfig.from_kyutai(self.raw_config)
+        except CheckpointError as e:
+            raise CheckpointError(f"{self.config_path}: {e}") from e
+        if cfg.dep_q == 0:
+            raise CheckpointError(f"{self.config_path}: not a TTS model (it generates no audio, dep_q = 0)")
+        return cfg
+
+    @property
+    def tts_config(self) -> TtsConfig:
+        try:
+            return TtsConfig.from_dict(self.raw_config.get("tts_config"))
+        except CheckpointError as e:
+            raise CheckpointError(f"{self.config_path}: {e}") from e
+
+    @property
+    def voice_suffix(self) -> str:
+        return voice_suffix(self.raw_config)
+
+    @classmethod
+    def resolve(
+        cls,
+        hf_repo: str | Path | None = None,
+        *,
+        moshi_weight: str | Path | None = None,
+        mimi_weight: str | Path | None = None,
+        tokenizer: str | Path | None = None,
+        config_path: str | Path | None = None,
+    ) -> TtsCheckpoint:
+        """Resolve every file; a missing one raises `CheckpointError` naming it and how to get it."""
+        if config_path is None:
+            if hf_repo is None:
+                raise CheckpointError(
+                    f"no TTS config: pass a hub repo or model directory (e.g. --hf-repo {DEFAULT_TTS_REPO}) "
+                    "or the path of its config.json (--config-path)"
+                )
+            config_path = resolve_reference("config.json", str(hf_repo))
+        files = SttCheckpoint.resolve(
+            hf_repo,
+            moshi_weight=moshi_weight,
+            mimi_weight=mimi_weight,
+            tokenizer=tokenizer,
+            config_path=config_path,
+        )
+        raw = files.raw_config
+        if raw.get("model_type") not in (None, "tts"):
+            raise CheckpointError(f"{files.config_path}: a {raw['model_type']!r} model, not a TTS model")
+        return cls(files.moshi_weight, files.mimi_weight, files.tokenizer, files.config_path, raw)

@@ -1,0 +1,292 @@
+"""The TTS synthesizer against the reference pipeline (`moshi.models.tts.TTSModel.generate` + Mimi
+streaming decode) on a small random TTS-architecture checkpoint (tests/tts_assets.py): same codes, fed
+text tokens, word steps and end step, at a fixed seed and greedy, for texts, batches, dialogs, breaks,
+fewer codebooks, the padding bonus and real CFG; streaming and long-text consistency; input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dsm.errors import CheckpointError, InputError
+from dsm.tts.synthesizer import Synthesizer
+
+oracle = pytest.importorskip("oracle")
+tts_assets = pytest.importorskip("tts_assets")
+
+TEXT = "The cat sees a red bird. Music in the garden!"
+VOICE, VOICE2, VOICE3 = tts_assets.VOICES
+DELAY = 16  # 1.28 s at 12.5 Hz
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    torch.set_num_threads(2)
+    return tts_assets.build(tmp_path_factory.mktemp("tts"))
+
+
+@pytest.fixture(scope="module")
+def exact(assets):
+    return load(assets, exact=True)
+
+
+@pytest.fixture(scope="module")
+def fast(assets):
+    return load(assets, n_q=8)
+
+
+def load(assets, **options) -> Synthesizer:
+    return Synthesizer.from_checkpoint(
+        assets["repo"],
+        dtype=torch.float32,
+        mimi_config=tts_assets.MIMI_1L,
+        voice_repo=str(assets["voices"]),
+        **options,
+    )
+
+
+def configure(synth: Synthesizer, **settings):
+    """Set generation attributes of a shared synthesizer for one test (returns the old values)."""
+    old = {k: getattr(synth, k) for k in settings}
+    for k, v in settings.items():
+        setattr(synth, k, v)
+    return old
+
+
+def reference_run(
+    assets, scripts, voices, seed, n_q=32, padding_bonus=0.0, temp=0.6, cfg=2.0, real_cfg=False, decode=False
+):
+    """Reference generate (+ streaming decode): (frames [B, 1 + n_q, T] from code time 0, result, pcm)."""
+    ref = tts_assets.reference_tts(assets, n_q=n_q, padding_bonus=padding_bonus, temp=temp)
+    if real_cfg:  # as for a model without distilled CFG
+        ref.__dict__["valid_cfg_conditionings"] = set()
+        ref.cfg_coef = cfg
+    entries = [ref.prepare_script(s if isinstance(s, list) else [s], padding_between=1) for s in scripts]
+    attrs = [
+        ref.make_condition_attributes(
+            [assets["voices"] / (v + tts_assets.SUFFIX) for v in (vs if isinstance(vs, list) else [vs])],
+            cfg_coef=None if real_cfg else cfg,
+        )
+        for vs in voices
+    ]
+    torch.manual_seed(seed)
+    try:
+        result = ref.generate(entries, attrs)
+    finally:
+        assets["ref_lm"].dep_q = 32
+    frames = torch.cat(result.frames, dim=2)
+    pcm = None
+    if decode:
+        mimi = assets["ref_mimi"]
+        with torch.no_grad(), mimi.streaming(len(scripts)):
+            pcm = torch.cat([mimi.decode(f[:, 1:]).clip(-1, 1) for f in result.frames[DELAY:]], dim=2)[:, 0]
+    return frames, result, pcm
+
+
+def check_same(got, frames, result, b: int = 0, n_q: int = 32, pcm=None):
+    n = got.codes.shape[1]
+    end = result.end_steps[b]
+    assert got.end_step == end is not None
+    assert n == end + 4 - 2  # audio up to the end of the text + final padding - acoustic delay
+    assert got.codes.shape[0] == n_q
+    assert torch.equal(got.codes, frames[b, 1 : 1 + n_q, DELAY : DELAY + n])
+    assert got.text_tokens == result.logged_text_tokens[b]
+    assert [(w.text, w.step) for w in got.words] == result.all_transcripts[b]
+    if pcm is not None:
+        assert got.audio.shape == (n * 1920,)
+        np.testing.assert_allclose(got.audio, pcm[b, : n * 1920].numpy(), atol=2e-5, rtol=0)
+
+
+# -- parity with the reference -------------------------------------------------------------------------
+
+
+def test_seeded_synthesis_matches_reference(assets, exact):
+    frames, result, pcm = reference_run(assets, [TEXT], [VOICE], seed=11, decode=True)
+    got = exact.synthesize(TEXT, VOICE, seed=11)
+    check_same(got, frames, result, pcm=pcm)
+    # The random model exercises the machine: words taken on its own request and on forced ones.
+    sampled = [s for s, _ in got.text_tokens]
+    assert sampled.count(0) >= 2 and sampled.count(3) >= 5
+    assert [w.text for w in got.words] == TEXT.split()
+    assert all(w.start < w.end for w in got.words)
+    assert got.words[0].start == got.words[0].step / 12.5
+    assert got.words[1].start == got.words[0].end
+    assert got.duration == pytest.approx((result.end_steps[0] + 2) * 0.08)
+    assert (frames[0, 1:, :DELAY] == -1).all()  # the audio delay region
+
+
+def test_greedy_matches_reference(assets, exact):
+    old = configure(exact, temperature=0.0, n_q=8)
+    try:
+        got = exact.synthesize(TEXT, VOICE2, decode=False)
+    finally:
+        configure(exact, **old)
+    frames, result, _ = reference_run(assets, [TEXT], [VOICE2], seed=0, temp=0.0, n_q=8)
+    check_same(got, frames, result, n_q=8)
+    assert got.audio.size == 0
+
+
+def test_batch_dialog_breaks_bonus_match_reference(assets, exact):
+    """A batch through one engine: a two-voice dialog and a text with pauses, 16 codebooks, a padding
+    bonus (slower speech) and another CFG value."""
+    scripts = [
+        ["Hello there, my friend.", "Hi! How are you?"],
+        'Every night <break time="0.5s"/> music again.',
+    ]
+    voices = [[VOICE, VOICE2], VOICE3]  # a shorter voice: the batch pads its cross-attention source
+    old = configure(exact, n_q=16, padding_bonus=1.5, cfg_coef=3.0)
+    try:
+        got = exact.synthesize_batch(scripts, voices=voices, seed=5, decode=False)
+    finally:
+        configure(exact, **old)
+    frames, result, _ = reference_run(assets, scripts, voices, seed=5, n_q=16, padding_bonus=1.5, cfg=3.0)
+    for b in range(2):
+        check_same(got[b], frames, result, b, n_q=16)
+    card = assets["cfg"]["text_card"] + 1
+    fed = [f % card for _, f in got[0].text_tokens]  # main stream of the demuxed tokens
+    assert 1 in fed and 2 in fed  # both speaker tokens
+    assert len(result.all_consumption_times[1]) == 5  # 4 words + the pause
+
+
+def test_real_cfg_matches_reference(assets, exact):
+    """Models without distilled CFG run real classifier-free guidance (null-conditioned copies)."""
+    old = configure(exact, n_q=4, valid_cfg_values=[])
+    try:
+        got = exact.synthesize("The dog runs home.", VOICE, seed=2, decode=False)
+    finally:
+        configure(exact, **old)
+    frames, result, _ = reference_run(assets, ["The dog runs home."], [VOICE], seed=2, n_q=4, real_cfg=True)
+    check_same(got, frames, result, n_q=4)
+
+
+# -- streaming, batching, long texts ---------------------------------------------------------------------
+
+
+def test_stream_with_words_arriving_equals_synthesize(assets, fast):
+    """Text pushed in pieces (words split across pushes) while audio is pulled: same audio as the whole
+    text, and audio starts before the text is complete."""
+    expected = fast.synthesize(TEXT, VOICE, seed=3, on_frame=lambda chunk: None)
+    session = fast.session(VOICE, seed=3)
+    rng = np.random.default_rng(0)
+    chunks, pos, before_end = [], 0, 0
+    while pos < len(TEXT):
+        n = int(rng.integers(1, 8))
+        session.push(TEXT[pos : pos + n])
+        pos += n
+        chunks += list(session.frames())
+    before_end = len(chunks)
+    session.end()
+    chunks += list(session.frames())
+    assert session.done and 0 < before_end < len(chunks)
+    got = session.result()
+    assert torch.equal(got.codes, expected.codes)
+    assert got.text_tokens == expected.text_tokens and got.words == expected.words
+    assert [c.index for c in chunks] == list(range(got.codes.shape[1]))
+    np.testing.assert_allclose(np.concatenate([c.audio for c in chunks]), expected.audio, atol=1e-6)
+    starts = [(w.text, c.index) for c in chunks for w in c.words]
+    assert starts == [(w.text, w.step) for w in got.words]
+    assert session.time_to_first_audio is not None and session.time_to_first_audio > 0
+    # One-shot decoding of the same codes gives the same audio up to float rounding.
+    once = fast.synthesize(TEXT, VOICE, seed=3)
+    assert torch.equal(once.codes, expected.codes)
+    np.testing.assert_allclose(once.audio, expected.audio, atol=1e-4)
+
+
+def test_fast_kernels_agree_with_exact(assets, exact, fast):
+    old = configure(exact, n_q=8, temperature=0.0)
+    old_fast = configure(fast, temperature=0.0)
+    try:
+        a = exact.synthesize(TEXT, VOICE, decode=False)
+        b = fast.synthesize(TEXT, VOICE, decode=False)
+    finally:
+        configure(exact, **old)
+        configure(fast, **old_fast)
+    assert a.words == b.words
+    n = min(a.codes.shape[1], b.codes.shape[1])
+    assert (a.codes[:, :n] == b.codes[:, :n]).float().mean() >= 0.95
+
+
+def test_batch_slots_equal_single_runs_greedy(fast):
+    old = configure(fast, temperature=0.0)
+    try:
+        texts = ["Good morning.", "The river is very green today."]
+        batch = fast.synthesize_batch(texts, voices=[VOICE, VOICE2], decode=False)
+        alone = [fast.synthesize(t, v, decode=False) for t, v in zip(texts, [VOICE, VOICE2], strict=True)]
+    finally:
+        configure(fast, **old)
+    for got, ref in zip(batch, alone, strict=True):
+        assert got.words == ref.words and got.end_step == ref.end_step
+        assert (got.codes == ref.codes).float().mean() >= 0.95  # batch GEMMs round differently
+
+
+def test_long_text_is_split_and_joined(fast):
+    old = configure(fast, max_words_per_chunk=5)
+    try:
+        text = "Good morning. The cat sees a bird; the dog runs home. Music!"
+        got = fast.synthesize(text, VOICE, seed=1, decode=False)
+        parts = fast.synthesize_batch(
+            ["Good morning.", "The cat sees a bird;", "the dog runs home. Music!"],
+            VOICE,
+            seed=1,
+            decode=False,
+        )
+    finally:
+        configure(fast, **old)
+    assert [w.text for w in got.words] == text.split()
+    assert torch.equal(got.codes, torch.cat([p.codes for p in parts], dim=1))
+    starts = [w.start for w in got.words]
+    assert starts == sorted(starts)
+    assert got.words[2].start == pytest.approx(parts[0].duration + parts[1].words[0].start)
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+def test_input_errors(assets, fast):
+    with pytest.raises(InputError, match="empty"):
+        fast.synthesize("   ", VOICE)
+    with pytest.raises(InputError, match="no words"):
+        fast.synthesize("... !? -- ", VOICE)
+    with pytest.raises(InputError, match="no words"):
+        fast.synthesize('<break time="1s"/>', VOICE)
+    with pytest.raises(InputError, match=r"unknown voice 'nobody/none\.wav'[\s\S]*vctk/p225_023\.wav"):
+        fast.synthesize(TEXT, "nobody/none.wav")
+    with pytest.raises(InputError, match="voice file not found"):
+        fast.synthesize(TEXT, "/nonexistent/voice.safetensors")
+    old = configure(fast, max_chars=20)
+    try:
+        with pytest.raises(InputError, match="more than the limit of 20"):
+            fast.synthesize(TEXT, VOICE)
+    finally:
+        configure(fast, **old)
+    old = configure(fast, cfg_coef=2.2)
+    try:
+        with pytest.raises(InputError, match=r"cfg_coef 2\.2 is not supported .*valid: 1, 1\.5, 2"):
+            fast.synthesize(TEXT, VOICE)
+    finally:
+        configure(fast, **old)
+    with pytest.raises(InputError, match="n_q must be between 1 and 32"):
+        load(assets, n_q=33)
+    with pytest.raises(InputError, match="at most 5 voices"):
+        fast.synthesize(TEXT, [VOICE] * 6)
+    with pytest.raises(InputError, match="2 voices for 1 scripts"):
+        fast.synthesize_batch([TEXT], voices=[VOICE, VOICE2])
+    session = fast.session(VOICE)
+    session.push("...")
+    with pytest.raises(InputError, match="no words"):
+        session.end()
+    with pytest.raises(CheckpointError, match="no TTS config"):
+        Synthesizer.from_checkpoint(None)
+
+
+def test_voice_by_path_and_tensor(assets, fast):
+    path = assets["voices"] / (VOICE + tts_assets.SUFFIX)
+    old = configure(fast, temperature=0.0)
+    try:
+        by_name = fast.synthesize("Hello.", VOICE, decode=False)
+        by_path = fast.synthesize("Hello.", str(path), decode=False)
+        by_tensor = fast.synthesize("Hello.", fast.voice_embedding(str(path)), decode=False)
+    finally:
+        configure(fast, **old)
+    assert torch.equal(by_name.codes, by_path.codes) and torch.equal(by_name.codes, by_tensor.codes)
