@@ -167,3 +167,16 @@ def import_test_oracle():
     if tests not in sys.path:
         sys.path.insert(0, tests)
     return importlib.import_module("oracle"), importlib.import_module("lm_configs")
+
+
+class PieceTokenizer:
+    """Stands in for a SentencePiece model in benchmarks, whose random LMs write arbitrary ids."""
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(f"w{i}" for i in ids)
+
+    def encode(self, text: str) -> list[int]:
+        return [int(w[1:]) for w in text.split()]
+
+    def eos_id(self) -> int:
+        return 2

@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import fmt, import_test_oracle, machine_info, machine_line, print_table, write_json
+from _common import (
+    PieceTokenizer,
+    fmt,
+    import_test_oracle,
+    machine_info,
+    machine_line,
+    print_table,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -46,19 +54,6 @@ from dsm.lm import LMConfig, load_lm  # noqa: E402
 from dsm.stt.transcriber import FRAME_SIZE, Transcriber  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-class PieceTokenizer:
-    """Stands in for the SentencePiece model (the benchmark's random LM writes arbitrary ids)."""
-
-    def decode(self, ids: list[int]) -> str:
-        return " ".join(f"w{i}" for i in ids)
-
-    def encode(self, text: str) -> list[int]:
-        return [int(w[1:]) for w in text.split()]
-
-    def eos_id(self) -> int:
-        return 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
