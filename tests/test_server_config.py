@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -247,3 +248,56 @@ def test_metrics_exposition():
     assert 'asr_model_step_duration_bucket{le="0.08"} 2' in text
     assert 'asr_model_step_duration_bucket{le="+Inf"} 3' in text
     assert "asr_model_step_duration_count 3" in text and "asr_model_step_duration_sum 0.56" in text
+
+
+def _sparse_safetensors(path, name: str, shape: list[int]) -> None:
+    """A safetensors file holding one bf16 tensor of `shape`, written sparse (no disk used)."""
+    import json
+    import struct
+
+    size = 2 * math.prod(shape)
+    header = json.dumps({name: {"dtype": "BF16", "shape": shape, "data_offsets": [0, size]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + size)
+
+
+@pytest.mark.parametrize("name", ["stt-1b-en_fr", "stt-2.6b-en", "stt-local"])
+def test_example_configs(name, tmp_path, monkeypatch):
+    """configs/*.toml parse; the Kyutai ones give the architectures of the published config.json files."""
+    import lm_configs
+
+    import dsm.hub
+
+    fetched = []
+
+    def fake_hub(ref, repo=None):
+        fetched.append(str(ref))
+        return tmp_path / str(ref).rsplit("/", 1)[-1]
+
+    monkeypatch.setattr(dsm.hub, "resolve_reference", fake_hub)
+    monkeypatch.setenv("DSM_STT_MODEL", str(tmp_path))
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / "configs" / f"{name}.toml")
+    (asr,) = cfg.asr
+    assert cfg.authorized_ids == frozenset({"public_token"}) and asr.path == "/api/asr-streaming"
+    if name == "stt-local":
+        assert asr.hf_repo == str(tmp_path) and not fetched
+        return
+    assert all(ref.startswith(f"hf://kyutai/{name}-candle/") for ref in fetched) and len(fetched) == 3
+    kyutai = {"stt-1b-en_fr": lm_configs.STT_1B, "stt-2.6b-en": lm_configs.STT_2B6}[name]
+    want = LMConfig.from_kyutai(kyutai)
+    hidden = 2 * int(want.temporal().dim_feedforward) // 3
+    _sparse_safetensors(
+        tmp_path / "model.safetensors", "transformer.layers.0.gating.linear_in.weight", [2 * hidden, want.dim]
+    )
+    got = lm_config_from_candle(asr.model, tmp_path / "model.safetensors")
+    assert got.temporal() == want.temporal()
+    for key in ("n_q", "card", "text_card", "text_out", "extra_heads_num_heads", "context"):
+        assert getattr(got, key) == getattr(want, key), key
+    stt = kyutai["stt_config"]
+    assert (asr.audio_silence_prefix_seconds, asr.audio_delay_seconds) == (
+        stt["audio_silence_prefix_seconds"],
+        stt["audio_delay_seconds"],
+    )

@@ -163,9 +163,9 @@ class Server:
         """Start the model loops, then listen; returns the bound port (useful with port 0)."""
         for service in self.services:
             service.loop.start()
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, shutdown_timeout=2.0)
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
         server = site._server  # aiohttp exposes the bound sockets only here
         self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port

@@ -241,6 +241,11 @@ def load_asr_model(cfg: AsrModuleConfig, device: str | None = None) -> AsrModel:
     if lm_config.dep_q or lm_config.conditioners:
         raise InputError(f"{where}: not a speech-to-text model (it has a depformer or conditioners)")
     tokenizer = load_tokenizer(tok_file)
+    if tokenizer.vocab_size() < lm_config.text_out:
+        raise CheckpointError(
+            f"{tok_file}: the tokenizer has {tokenizer.vocab_size()} pieces but the model writes "
+            f"{lm_config.text_out} text tokens (wrong text_tokenizer_file?)"
+        )
     lm = _load_lm(weights, lm_config, dev, dtype)
     mimi = load_mimi(
         mimi_file, config=_mimi_config(cfg.mimi_config, where), device=dev, num_codebooks=lm_config.n_q

@@ -206,7 +206,7 @@ class AsrModuleConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     max_buffered_s: float = 60.0
     post_slot_wait_s: float = 100.0
-    openai_path: str | None = AUTO
+    openai_path: str | None = None
     type: str = "BatchedAsr"
 
     @classmethod
@@ -297,7 +297,7 @@ class TtsModuleConfig:
     text_bos_token: int
     py: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
-    openai_path: str | None = AUTO
+    openai_path: str | None = None
     idle_timeout_s: float = 30.0
     max_session_s: float = 0.0
     max_message_bytes: int = 16 * 1024 * 1024

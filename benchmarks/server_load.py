@@ -1,0 +1,313 @@
+"""Streaming server load: how many concurrent real-time STT streams `dsm serve` sustains.
+
+A server runs in this process (one `BatchedAsr` module, batch size = the number of streams tried, fast
+kernels) on a model with random weights: the full Mimi codec (float32) and an STT language model of
+`--arch` (`small`: 1 layer, dim 128, about the test model; `stt-1b`: Kyutai's stt-1b-en_fr, 16 layers, dim
+2048; `--layers` reduces the depth) in `--dtype`. Its text head is nudged so that the random model writes
+words. The clients run in a separate process and speak the WebSocket protocol over loopback: each sends a
+speech-like signal as 1920-sample `Audio` messages paced at real time (80 ms apart, start times spread
+over one frame) for `--seconds`.
+
+For N = each of `--streams` (stopping after the first N that falls behind), reported:
+
+* frame latency: from sending a frame to receiving the `Step` message of the step that processed it (the
+  server's processing delay; the model's own text delay is not included), p50 / p99 / max;
+* word latency: from sending the frame where a word starts (its `start_time`) to receiving its `Word`
+  (includes the word's duration and the model's 0.48 s text delay), p50 / p99;
+* the server's step time (mean), mean active slots per step, and the achieved throughput in audio
+  seconds per second. N streams are *sustained* when every frame was processed and the p99 frame latency
+  stays under `--max-p99` (default 0.5 s); otherwise the server has fallen behind.
+
+    python benchmarks/server_load.py [--arch small|stt-1b] [--layers N] [--dtype float32|bfloat16]
+        [--streams 1 2 4 8 16] [--seconds 20] [--threads 2] [--max-p99 0.5] [--json PATH]
+
+CPU figures are noisy when other processes share the machine; the share of CPU time taken by other
+processes during each run is printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import PieceTokenizer, machine_info, machine_line, print_table, write_json
+
+REPO = Path(__file__).resolve().parent.parent
+for path in (REPO, REPO / "tests"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from dsm.codec import Mimi, MimiConfig  # noqa: E402
+from dsm.lm import LMConfig  # noqa: E402
+from dsm.lm.loader import build_lm  # noqa: E402
+from dsm.server.app import BackgroundServer, Server  # noqa: E402
+from dsm.server.asr_model import AsrModel  # noqa: E402
+from dsm.server.asr_routes import AsrService  # noqa: E402
+from dsm.server.config import AsrModuleConfig, ServerConfig  # noqa: E402
+
+FRAME = 1920
+SR = 24000
+KEY = "bench"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", choices=["small", "stt-1b"], default="small")
+    p.add_argument("--layers", type=int, default=None, help="temporal layers (default: the architecture's)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the server")
+    p.add_argument("--max-p99", type=float, default=0.5, help="p99 frame latency (s) to count as sustained")
+    p.add_argument("--json", metavar="PATH")
+    return p.parse_args(argv)
+
+
+def build_model(args: argparse.Namespace) -> AsrModel:
+    import lm_configs
+
+    cfg = lm_configs.reduced(lm_configs.STT_1B, layers=args.layers or 16)
+    if args.arch == "small":
+        cfg.update(dim=128, num_heads=2, num_layers=args.layers or 1, context=100)
+    torch.manual_seed(0)
+    lm = build_lm(LMConfig.from_kyutai(cfg), dtype=DTYPES[args.dtype]).requires_grad_(False)
+    with torch.no_grad():  # frequent boundaries (0) and padding (3), as a trained model writes
+        lm.text_linear.weight[0] *= 3.0
+        lm.text_linear.weight[3] *= 3.5
+    mimi = Mimi(MimiConfig()).eval().requires_grad_(False)
+    with torch.no_grad():
+        for name, buf in mimi.named_buffers():
+            if name.endswith("embedding_sum"):
+                buf.normal_()
+    mimi.set_num_codebooks(32)
+    params = sum(p.numel() for p in lm.parameters()) / 1e6
+    desc = (
+        f"{args.arch} LM ({cfg['num_layers']} layers, dim {cfg['dim']}, {params:.0f} M params, {args.dtype})"
+    )
+    return AsrModel(mimi, lm, PieceTokenizer(), 6, 0.0, 0.5, description=desc)
+
+
+def speech_like(seconds: float, seed: int) -> np.ndarray:
+    """Gliding harmonics with an amplitude envelope, plus noise (as tests/oracle.test_signal)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 100 + 150 * rng.random()
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.3 * np.sin(2 * np.pi * 0.7 * t + 6 * rng.random())) / SR)
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = 0.5 + 0.5 * np.clip(np.sin(2 * np.pi * 3.1 * t + 6 * rng.random()), 0, None)
+    return (0.2 * voiced * envelope + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+# -- clients (separate process) -----------------------------------------------------------------------------
+
+
+async def _client(url: str, frames: list[bytes], offset: float, t0: float) -> dict[str, Any]:
+    import aiohttp
+    import msgpack
+
+    sent = [0.0] * len(frames)
+    frame_lat: list[float] = []
+    word_lat: list[float] = []
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers={"kyutai-api-key": KEY}) as ws:
+        ready = msgpack.unpackb((await ws.receive()).data)
+        if ready.get("type") != "Ready":
+            return {"error": str(ready)}
+        done = asyncio.Event()
+
+        async def receive() -> None:
+            steps = 0
+            async for m in ws:
+                msg = msgpack.unpackb(m.data)
+                now = time.monotonic()
+                if msg["type"] == "Step":
+                    frame_lat.append(now - sent[steps])
+                    steps += 1
+                    if steps == len(frames):
+                        done.set()
+                        return
+                elif msg["type"] == "Word":
+                    k = min(int(msg["start_time"] * 12.5), len(frames) - 1)
+                    word_lat.append(now - sent[k])
+
+        reader = asyncio.create_task(receive())
+        start = t0 + offset
+        for k, data in enumerate(frames):
+            await asyncio.sleep(max(0.0, start + (k + 1) * FRAME / SR - time.monotonic()))
+            sent[k] = time.monotonic()
+            await ws.send_bytes(data)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout=30)
+        reader.cancel()
+    return {"frame": frame_lat, "word": word_lat, "frames": len(frames)}
+
+
+def _run_clients(url: str, n: int, seconds: float, out: Any) -> None:
+    import msgpack
+
+    async def main() -> list[dict[str, Any]]:
+        packed = []
+        for i in range(n):
+            wav = speech_like(seconds, seed=i)
+            packed.append(
+                [
+                    msgpack.packb(
+                        {"type": "Audio", "pcm": wav[k : k + FRAME].tolist()}, use_single_float=True
+                    )
+                    for k in range(0, len(wav) - FRAME + 1, FRAME)
+                ]
+            )
+        t0 = time.monotonic() + 0.5
+        rng = np.random.default_rng(n)
+        tasks = [_client(url, packed[i], float(rng.random()) * FRAME / SR, t0) for i in range(n)]
+        return await asyncio.gather(*tasks)
+
+    out.put(asyncio.run(main()))
+
+
+def _cpu_times() -> tuple[float, float]:
+    """(this process's CPU seconds, the whole machine's busy CPU seconds)."""
+    own = sum(os.times()[:2])
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    return own, busy
+
+
+def run_load(model: AsrModel, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    cfg = AsrModuleConfig(name="asr", path="/api/asr-streaming", batch_size=n, asr_delay_in_tokens=6)
+    server = Server(ServerConfig(authorized_ids=frozenset({KEY})))
+    service = AsrService(cfg, model, server.ctx)
+    service.loop.warmup()
+    server.services = [service]
+    background = BackgroundServer(server)
+    url = background.start().replace("http://", "ws://") + "/api/asr-streaming"
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_run_clients, args=(url, n, args.seconds, queue))
+    own0, busy0 = _cpu_times()
+    wall0 = time.monotonic()
+    steps0, step_s0 = service.loop.m_step.count, service.loop.m_step.sum
+    frames0 = service.loop.frames_processed
+    proc.start()
+    results = queue.get()
+    proc.join()
+    wall = time.monotonic() - wall0
+    own1, busy1 = _cpu_times()
+    steps = service.loop.m_step.count - steps0
+    step_s = service.loop.m_step.sum - step_s0
+    frames = service.loop.frames_processed - frames0
+    background.stop()
+    errors = [r["error"] for r in results if "error" in r]
+    frame_lat = sorted(x for r in results if "frame" in r for x in r["frame"])
+    word_lat = sorted(x for r in results if "word" in r for x in r["word"])
+    expected = sum(r.get("frames", 0) for r in results)
+
+    def q(values: list[float], p: float) -> float | None:
+        return values[min(len(values) - 1, int(p * len(values)))] if values else None
+
+    p99 = q(frame_lat, 0.99)
+    row = {
+        "streams": n,
+        "frames_expected": expected,
+        "frames_processed": len(frame_lat),
+        "frame_latency_p50_s": q(frame_lat, 0.5),
+        "frame_latency_p99_s": p99,
+        "frame_latency_max_s": frame_lat[-1] if frame_lat else None,
+        "word_latency_p50_s": q(word_lat, 0.5),
+        "word_latency_p99_s": q(word_lat, 0.99),
+        "words": len(word_lat),
+        "step_ms_mean": 1000 * step_s / steps if steps else None,
+        "active_slots_mean": frames / steps if steps else None,
+        "audio_s_per_s": frames * FRAME / SR / wall,
+        "client_errors": errors,
+        # CPU taken by other processes (not this server, not its clients) over the run, in cores.
+        "other_cpu_cores": max(0.0, (busy1 - busy0) - (own1 - own0)) / wall,
+    }
+    row["sustained"] = not errors and len(frame_lat) == expected and p99 is not None and p99 <= args.max_p99
+    return row
+
+
+def fmt_s(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    info = machine_info()
+    print(machine_line(info))
+    model = build_model(args)
+    print(f"model: {model.description}; Mimi float32, fast kernels; {args.seconds:g} s per stream")
+    rows = []
+    for n in args.streams:
+        row = run_load(model, n, args)
+        rows.append(row)
+        verdict = "sustained" if row["sustained"] else "FALLS BEHIND"
+        print(
+            f"  {n:3d} streams: frame p50 {fmt_s(row['frame_latency_p50_s'])} p99 "
+            f"{fmt_s(row['frame_latency_p99_s'])}, step {row['step_ms_mean'] or 0:.0f} ms, {verdict}",
+            flush=True,
+        )
+        if not row["sustained"]:
+            break
+    table = [
+        [
+            str(r["streams"]),
+            f"{r['frames_processed']}/{r['frames_expected']}",
+            fmt_s(r["frame_latency_p50_s"]),
+            fmt_s(r["frame_latency_p99_s"]),
+            fmt_s(r["word_latency_p50_s"]),
+            fmt_s(r["word_latency_p99_s"]),
+            f"{r['step_ms_mean']:.0f}" if r["step_ms_mean"] else "-",
+            f"{r['active_slots_mean']:.1f}" if r["active_slots_mean"] else "-",
+            f"{r['audio_s_per_s']:.2f}",
+            f"{r['other_cpu_cores']:.2f}",
+            "yes" if r["sustained"] else "no",
+        ]
+        for r in rows
+    ]
+    print_table(
+        [
+            "streams",
+            "frames",
+            "frame p50",
+            "frame p99",
+            "word p50",
+            "word p99",
+            "step ms",
+            "active",
+            "audio s/s",
+            "other CPU",
+            "sustained",
+        ],
+        table,
+    )
+    best = max((r["streams"] for r in rows if r["sustained"]), default=0)
+    print(f"sustained at real time: {best} stream(s) (p99 frame latency <= {args.max_p99:g} s)")
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "machine": info,
+                "model": model.description,
+                "args": vars(args),
+                "rows": rows,
+                "sustained": best,
+            },
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
