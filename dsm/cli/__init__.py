@@ -23,7 +23,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 # Command-group modules under dsm.cli, in the order `dsm --help` lists them.
-COMMAND_MODULES = ["codec", "stt", "train", "data", "serve", "client"]
+COMMAND_MODULES = ["codec", "stt", "tts", "train", "data", "serve", "client"]
 
 
 # -- entry point ----------------------------------------------------------------------------------------

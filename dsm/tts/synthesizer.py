@@ -293,21 +293,23 @@ class Synthesizer:
         *,
         seed: int | None = None,
         on_frame: Callable[[AudioChunk], None] | None = None,
+        on_step: Callable[[], None] | None = None,
         decode: bool = True,
     ) -> Synthesis:
         """Speak a text (or dialog turns, main speaker first, with one voice per speaker).
 
         A text longer than `max_words_per_chunk` words is cut at sentence ends and its chunks are
         synthesized as one batch, then joined (word times follow). `on_frame` sees every audio frame
-        as soon as it is decoded (single-chunk scripts). `decode=False` skips Mimi: codes only."""
+        as soon as it is decoded (single-chunk scripts), `on_step` is called after every generation
+        step (progress). `decode=False` skips Mimi: codes only."""
         self._check_script(script)
         audio = "stream" if on_frame is not None else ("end" if decode else "none")
         if isinstance(script, str) and len(script.split()) > self.max_words_per_chunk:
             chunks = split_text(script, self.max_words_per_chunk)
             if len(chunks) > 1:
                 entries = [self.entries(c) for c in chunks]
-                return _join(self._run_batch(entries, [voice] * len(chunks), seed, None, audio))
-        return self._run_batch([self.entries(script)], [voice], seed, on_frame, audio)[0]
+                return _join(self._run_batch(entries, [voice] * len(chunks), seed, None, audio, on_step))
+        return self._run_batch([self.entries(script)], [voice], seed, on_frame, audio, on_step)[0]
 
     def synthesize_batch(
         self,
@@ -355,6 +357,7 @@ class Synthesizer:
         seed: int | None,
         on_frame: Callable[[AudioChunk], None] | None,
         audio: str,
+        on_step: Callable[[], None] | None = None,
     ) -> list[Synthesis]:
         states = [self.machine.new_state(e) for e in entries]
         run = _Run(self, voices, seed, states, input_ended=True, audio=audio)
@@ -362,6 +365,8 @@ class Synthesizer:
             chunks = run.step()
             if on_frame is not None and chunks is not None:
                 on_frame(chunks[0])
+            if on_step is not None:
+                on_step()
         return [run.result(b) for b in range(len(entries))]
 
 
