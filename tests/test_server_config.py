@@ -263,7 +263,7 @@ def _sparse_safetensors(path, name: str, shape: list[int]) -> None:
         f.truncate(8 + len(header) + size)
 
 
-@pytest.mark.parametrize("name", ["stt-1b-en_fr", "stt-2.6b-en", "stt-local"])
+@pytest.mark.parametrize("name", ["stt-1b-en_fr", "stt-2.6b-en", "stt-local", "tts"])
 def test_example_configs(name, tmp_path, monkeypatch):
     """configs/*.toml parse; the Kyutai ones give the architectures of the published config.json files."""
     import lm_configs
@@ -280,6 +280,13 @@ def test_example_configs(name, tmp_path, monkeypatch):
     monkeypatch.setenv("DSM_STT_MODEL", str(tmp_path))
     root = Path(__file__).resolve().parent.parent
     cfg = load_config(root / "configs" / f"{name}.toml")
+    if name == "tts":
+        (tts,) = cfg.tts
+        assert tts.path == "/api/tts_streaming" and tts.batch_size == 8 and tts.text_bos_token == 1
+        assert tts.py["voice_folder"] == "hf-snapshot://kyutai/tts-voices/**/*.safetensors"
+        assert tts.py["n_q"] == 24 and tts.openai_path == "/v1/audio/speech"
+        assert fetched == ["hf://kyutai/tts-1.6b-en_fr/tokenizer_spm_8k_en_fr_audio.model"]
+        return
     (asr,) = cfg.asr
     assert cfg.authorized_ids == frozenset({"public_token"}) and asr.path == "/api/asr-streaming"
     if name == "stt-local":

@@ -1,9 +1,13 @@
-"""`dsm client stt FILE|--mic`: a client for moshi-server's STT WebSocket (dsm's server or Kyutai's).
+"""`dsm client stt|tts`: clients for moshi-server's WebSocket protocol (dsm's server or Kyutai's).
 
-It speaks the protocol as Kyutai's `stt_from_file_rust_server.py` does: `Audio` messages of 1920 samples
-(24 kHz mono), paced at `--rtf` times real time after `--lead-silence` seconds of silence, then a `Marker`
-followed by silence until the marker comes back; each `Word` is printed as it arrives, and the words with
-their times (`start - stop  text`) at the end.
+`dsm client stt FILE|--mic` speaks it as Kyutai's `stt_from_file_rust_server.py` does: `Audio` messages of
+1920 samples (24 kHz mono), paced at `--rtf` times real time after `--lead-silence` seconds of silence,
+then a `Marker` followed by silence until the marker comes back; each `Word` is printed as it arrives, and
+the words with their times (`start - stop  text`) at the end.
+
+`dsm client tts TEXT|- OUT` speaks it as `tts_rust_server.py` does: one `Text` message per word, `Eos`,
+then the `Audio` frames until the server closes the socket; the audio is written to OUT (any format dsm
+writes, `-` for WAV on stdout) and the word timings are printed.
 """
 
 from __future__ import annotations
@@ -180,7 +184,60 @@ async def stream_microphone(url: str, api_key: str, show_vad: bool) -> None:
                     print()
 
 
-def cmd_client_stt(args: argparse.Namespace) -> int:
+async def synthesize(url: str, api_key: str, text: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Send `text` word by word, then Eos; (audio, words [{text, start, stop}]) once the server closes."""
+    import aiohttp
+    import msgpack
+
+    frames: list[np.ndarray] = []
+    words: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as http:
+        ws = await _connect(http, url, api_key)
+        async with ws:
+            for word in text.split():
+                await ws.send_bytes(msgpack.packb({"type": "Text", "text": word}))
+            await ws.send_bytes(msgpack.packb({"type": "Eos"}))
+            async for frame in ws:
+                if frame.type != aiohttp.WSMsgType.BINARY:
+                    continue
+                msg = msgpack.unpackb(frame.data, raw=False)
+                kind = msg.get("type")
+                if kind == "Audio":
+                    frames.append(np.asarray(msg["pcm"], dtype=np.float32))
+                elif kind == "Text":
+                    words.append({"text": msg["text"], "start": msg["start_s"], "stop": msg["stop_s"]})
+                elif kind == "Error":
+                    raise DsmError(f"{url}: server error: {msg.get('message')}")
+            if ws.close_code not in (None, 1000):
+                raise DsmError(f"{url}: the server closed the connection with code {ws.close_code}")
+    return (np.concatenate(frames) if frames else np.zeros(0, np.float32)), words
+
+
+def cmd_client_tts(args: argparse.Namespace) -> int:
+    _require_server_extra()
+    from urllib.parse import urlencode
+
+    from dsm.cli.common import STDIO, check_audio_output, write_output_audio
+
+    text = sys.stdin.read() if args.text == STDIO else args.text
+    if not text.strip():
+        raise InputError("no text to speak")
+    check_audio_output(args.output)
+    query = {"format": "PcmMessagePack"} | ({"voice": args.voice} if args.voice else {})
+    url = _ws_url(args.url, args.path) + "?" + urlencode(query)
+    audio, words = asyncio.run(synthesize(url, args.api_key, text))
+    if not len(audio):
+        raise DsmError(f"{url}: the server sent no audio")
+    import torch
+
+    write_output_audio(args.output, torch.from_numpy(audio)[None, None], SAMPLE_RATE, float32=False)
+    if args.output != STDIO:
+        for w in words:
+            print(f"{w['start']:6.2f} - {w['stop']:6.2f}  {w['text']}")
+    return 0
+
+
+def _require_server_extra() -> None:
     try:
         import aiohttp  # noqa: F401
         import msgpack  # noqa: F401
@@ -188,6 +245,10 @@ def cmd_client_stt(args: argparse.Namespace) -> int:
         raise InputError(
             f"dsm client needs the server extra ({e.name} is missing): pip install 'dsm[server]'"
         ) from None
+
+
+def cmd_client_stt(args: argparse.Namespace) -> int:
+    _require_server_extra()
     url = _ws_url(args.url, args.path)
     if args.mic:
         asyncio.run(stream_microphone(url, args.api_key, args.show_vad))
@@ -244,3 +305,22 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     )
     stt.add_argument("--json", action="store_true", help="print the words as JSON")
     stt.add_argument("--show-vad", action="store_true", help="with --mic: print | at detected pauses")
+
+    tts = actions.add_parser(
+        "tts",
+        parents=[common],
+        help="speak a text through the TTS endpoint and write the audio",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tts.set_defaults(func=cmd_client_tts)
+    tts.add_argument("text", metavar="TEXT", help="the text, or - to read it from stdin")
+    tts.add_argument(
+        "output", metavar="OUT", help="audio file (format from the extension), or - for WAV on stdout"
+    )
+    tts.add_argument("--voice", help="voice name (the server's default voice when omitted or unknown)")
+    tts.add_argument("--url", default="ws://127.0.0.1:8080", help="server URL (default: ws://127.0.0.1:8080)")
+    tts.add_argument(
+        "--path", default="/api/tts_streaming", help="endpoint path (default: /api/tts_streaming)"
+    )
+    tts.add_argument("--api-key", default="public_token", help="API key (default: public_token)")

@@ -27,7 +27,14 @@ from dsm.server.config import AsrModuleConfig
 from dsm.stt.checkpoint import SttCheckpoint, load_tokenizer
 from dsm.stt.timestamps import FRAME_RATE, TextTokenizer
 
-__all__ = ["AsrModel", "lm_config_from_candle", "load_asr_model", "pick_device"]
+__all__ = [
+    "AsrModel",
+    "lm_config_from_candle",
+    "load_asr_model",
+    "mimi_config_from_table",
+    "parse_dtype",
+    "pick_device",
+]
 
 _NORMS = {"rmsnorm": "rms_norm_f32", "rms_norm": "rms_norm_f32", "layernorm": "layer_norm"}
 _POS = {"rope": "rope", "sin": "sin", "none": "none"}
@@ -79,7 +86,7 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def _dtype(name: str | None, device: torch.device) -> torch.dtype:
+def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     table = {
@@ -192,7 +199,7 @@ def _load_lm(weights: Path, config: LMConfig, device: torch.device, dtype: torch
     return model.eval().requires_grad_(False)
 
 
-def _mimi_config(table: dict[str, Any] | None, where: str) -> MimiConfig | None:
+def mimi_config_from_table(table: dict[str, Any] | None, where: str) -> MimiConfig | None:
     if not table:
         return None
     known = {f.name for f in fields(MimiConfig)} - {"seanet"}
@@ -206,7 +213,7 @@ def load_asr_model(cfg: AsrModuleConfig, device: str | None = None) -> AsrModel:
     """Load the module's model on `device` (default: the module's `device` setting)."""
     where = f"modules.{cfg.name}"
     dev = pick_device(device or cfg.device)
-    dtype = _dtype(cfg.dtype_override, dev)
+    dtype = parse_dtype(cfg.dtype_override, dev)
     stt: dict[str, Any] = {}
     top_k = 50
     if cfg.hf_repo is not None:
@@ -248,7 +255,10 @@ def load_asr_model(cfg: AsrModuleConfig, device: str | None = None) -> AsrModel:
         )
     lm = _load_lm(weights, lm_config, dev, dtype)
     mimi = load_mimi(
-        mimi_file, config=_mimi_config(cfg.mimi_config, where), device=dev, num_codebooks=lm_config.n_q
+        mimi_file,
+        config=mimi_config_from_table(cfg.mimi_config, where),
+        device=dev,
+        num_codebooks=lm_config.n_q,
     )
     delay_s = cfg.audio_delay_seconds
     if delay_s is None:

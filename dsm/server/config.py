@@ -287,8 +287,9 @@ class TtsModuleConfig:
     """A `Py` (TTS) module: `path`, `batch_size`, `text_tokenizer_file`, `text_bos_token` and the `py`
     table (tts.py's `Config`: `hf_repo`, `voice_folder`, `default_voice`, `cfg_coef`, `n_q`, `temp`,
     padding settings...). dsm extensions: `device`, `openai_path` (default: `/v1/audio/speech` for the
-    first TTS module; "" disables it),
-    `idle_timeout_s` (30), `max_session_s` (0: unlimited), `max_message_bytes`."""
+    first TTS module; "" disables it), `idle_timeout_s` (30: no message while the session waits for
+    text), `max_session_s` (0: unlimited), `max_message_bytes`, `post_slot_wait_s` (100), `exact`,
+    `dtype_override` (`bf16` default, `f32`), `mimi_config` (as for `BatchedAsr`)."""
 
     name: str
     path: str
@@ -301,6 +302,10 @@ class TtsModuleConfig:
     idle_timeout_s: float = 30.0
     max_session_s: float = 0.0
     max_message_bytes: int = 16 * 1024 * 1024
+    post_slot_wait_s: float = 100.0
+    exact: bool = False
+    dtype_override: str | None = None
+    mimi_config: dict[str, Any] | None = None
     type: str = "Py"
 
     @classmethod
@@ -318,6 +323,10 @@ class TtsModuleConfig:
             idle_timeout_s=t.float("idle_timeout_s", 30.0, minimum=0.0),
             max_session_s=t.float("max_session_s", 0.0, minimum=0.0),
             max_message_bytes=t.int("max_message_bytes", 16 * 1024 * 1024, minimum=1024),
+            post_slot_wait_s=t.float("post_slot_wait_s", 100.0, minimum=0.0),
+            exact=t.bool("exact", False),
+            dtype_override=t.str("dtype_override"),
+            mimi_config=t.table("mimi_config"),
         )
         cfg.openai_path = _openai_path(t)
         return cfg
