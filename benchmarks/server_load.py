@@ -1,28 +1,32 @@
-"""Streaming server load: how many concurrent real-time STT streams `dsm serve` sustains.
+"""Streaming server load: concurrent real-time STT streams, and TTS time to first audio, on `dsm serve`.
 
-A server runs in this process (one `BatchedAsr` module, batch size = the number of streams tried, fast
-kernels) on a model with random weights: the full Mimi codec (float32) and an STT language model of
-`--arch` (`small`: 1 layer, dim 128, about the test model; `stt-1b`: Kyutai's stt-1b-en_fr, 16 layers, dim
-2048; `--layers` reduces the depth) in `--dtype`. Its text head is nudged so that the random model writes
-words. The clients run in a separate process and speak the WebSocket protocol over loopback: each sends a
-speech-like signal as 1920-sample `Audio` messages paced at real time (80 ms apart, start times spread
-over one frame) for `--seconds`.
+A server runs in this process (one module, batch size = the number of sessions tried, fast kernels) on a
+model with random weights; the clients run in a separate process and speak the WebSocket protocol over
+loopback. `--arch small` is a 1-layer, dim-128 LM (about the test models: the full Mimi dominates the
+cost), `--arch 1b` the real depth and width of stt-1b-en_fr / tts-1.6b-en_fr (`--layers` reduces it).
+Mimi is the full codec in float32.
 
-For N = each of `--streams` (stopping after the first N that falls behind), reported:
+STT (`--mode stt`): each client sends a speech-like signal as 1920-sample `Audio` messages paced at real
+time (80 ms apart, start times spread over one frame) for `--seconds`. Reported per number of streams N:
 
-* frame latency: from sending a frame to receiving the `Step` message of the step that processed it (the
-  server's processing delay; the model's own text delay is not included), p50 / p99 / max;
+* frame latency: from sending a frame to receiving the `Step` of the step that processed it (the server's
+  processing delay, without the model's text delay), p50 / p99 / max;
 * word latency: from sending the frame where a word starts (its `start_time`) to receiving its `Word`
   (includes the word's duration and the model's 0.48 s text delay), p50 / p99;
-* the server's step time (mean), mean active slots per step, and the achieved throughput in audio
-  seconds per second. N streams are *sustained* when every frame was processed and the p99 frame latency
-  stays under `--max-p99` (default 0.5 s); otherwise the server has fallen behind.
+* mean step time, mean active slots per step, audio seconds processed per second. N streams are
+  *sustained* when every frame was processed and the p99 frame latency is at most `--max-p99` (0.5 s).
 
-    python benchmarks/server_load.py [--arch small|stt-1b] [--layers N] [--dtype float32|bfloat16]
-        [--streams 1 2 4 8 16] [--seconds 20] [--threads 2] [--max-p99 0.5] [--json PATH]
+TTS (`--mode tts`): N clients each send a `--words`-word text (one `Text` per word, then `Eos`) at the
+same moment. Reported: time to first audio (from `Eos` to the first `Audio`), p50 / max; the worst lag
+of a frame behind real-time playback started at the first audio; generation speed per stream. N
+sessions are *sustained* when no frame lags playback by more than `--max-p99`.
 
-CPU figures are noisy when other processes share the machine; the share of CPU time taken by other
-processes during each run is printed beside it.
+    python benchmarks/server_load.py [--mode stt|tts] [--arch small|1b] [--layers N]
+        [--dtype float32|bfloat16] [--streams 1 2 4 8 16] [--seconds 20] [--words 20] [--n-q 24]
+        [--threads 2] [--max-p99 0.5] [--json PATH]
+
+Other processes on the machine distort CPU figures; the CPU they took during each run (in cores) is
+printed beside it.
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ from dsm.lm.loader import build_lm  # noqa: E402
 from dsm.server.app import BackgroundServer, Server  # noqa: E402
 from dsm.server.asr_model import AsrModel  # noqa: E402
 from dsm.server.asr_routes import AsrService  # noqa: E402
-from dsm.server.config import AsrModuleConfig, ServerConfig  # noqa: E402
+from dsm.server.config import AsrModuleConfig, ServerConfig, TtsModuleConfig  # noqa: E402
+from dsm.server.tts_routes import TtsService  # noqa: E402
+from dsm.tts.synthesizer import Synthesizer  # noqa: E402
 
 FRAME = 1920
 SR = 24000
@@ -60,14 +66,16 @@ KEY = "bench"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", choices=["small", "stt-1b"], default="small")
+    p.add_argument("--mode", choices=["stt", "tts"], default="stt")
+    p.add_argument("--arch", choices=["small", "1b"], default="small")
     p.add_argument("--layers", type=int, default=None, help="temporal layers (default: the architecture's)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    p.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
+    p.add_argument("--seconds", type=float, default=20.0, help="STT: audio per stream")
+    p.add_argument("--words", type=int, default=20, help="TTS: words per session")
+    p.add_argument("--n-q", type=int, default=24, help="TTS: audio codebooks generated (moshi-server: 24)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the server")
     p.add_argument("--max-p99", type=float, default=0.5, help="p99 frame latency (s) to count as sustained")
     p.add_argument("--json", metavar="PATH")
@@ -78,24 +86,59 @@ def build_model(args: argparse.Namespace) -> AsrModel:
     import lm_configs
 
     cfg = lm_configs.reduced(lm_configs.STT_1B, layers=args.layers or 16)
-    if args.arch == "small":
+    if args.arch == "small":  # noqa: SIM114
         cfg.update(dim=128, num_heads=2, num_layers=args.layers or 1, context=100)
     torch.manual_seed(0)
     lm = build_lm(LMConfig.from_kyutai(cfg), dtype=DTYPES[args.dtype]).requires_grad_(False)
     with torch.no_grad():  # frequent boundaries (0) and padding (3), as a trained model writes
         lm.text_linear.weight[0] *= 3.0
         lm.text_linear.weight[3] *= 3.5
-    mimi = Mimi(MimiConfig()).eval().requires_grad_(False)
-    with torch.no_grad():
-        for name, buf in mimi.named_buffers():
-            if name.endswith("embedding_sum"):
-                buf.normal_()
+    mimi = random_mimi()
     mimi.set_num_codebooks(32)
     params = sum(p.numel() for p in lm.parameters()) / 1e6
     desc = (
         f"{args.arch} LM ({cfg['num_layers']} layers, dim {cfg['dim']}, {params:.0f} M params, {args.dtype})"
     )
     return AsrModel(mimi, lm, PieceTokenizer(), 6, 0.0, 0.5, description=desc)
+
+
+def random_mimi() -> Mimi:
+    mimi = Mimi(MimiConfig()).eval().requires_grad_(False)
+    with torch.no_grad():
+        for name, buf in mimi.named_buffers():
+            if name.endswith("embedding_sum"):
+                buf.normal_()
+    return mimi
+
+
+def build_tts(args: argparse.Namespace) -> tuple[Synthesizer, str]:
+    """A TTS synthesizer with random weights (tts-1.6b-en_fr's architecture, or a small one)."""
+    import lm_configs
+
+    cfg = lm_configs.reduced(lm_configs.TTS_1B6, layers=args.layers or 16, depformer_layers=4)
+    if args.arch == "small":
+        cfg = lm_configs.reduced(lm_configs.TTS_1B6, layers=args.layers or 1, depformer_layers=1)
+        cfg.update(
+            dim=128,
+            num_heads=2,
+            context=100,
+            depformer_dim=64,
+            depformer_num_heads=2,
+            depformer_dim_feedforward=96,
+            depformer_low_rank_embeddings=16,
+        )
+        cfg["conditioners"]["control"]["lut"]["dim"] = 32
+    torch.manual_seed(0)
+    lm = build_lm(LMConfig.from_kyutai(cfg), dtype=DTYPES[args.dtype]).requires_grad_(False)
+    mimi = random_mimi()
+    mimi.set_num_codebooks(32)
+    synth = Synthesizer(mimi, lm, PieceTokenizer(), cfg["tts_config"], n_q=args.n_q)
+    params = sum(p.numel() for p in lm.parameters()) / 1e6
+    desc = (
+        f"{args.arch} TTS LM ({cfg['num_layers']} layers, dim {cfg['dim']}, depformer "
+        f"{cfg['depformer_num_layers']} layers, {params:.0f} M params, {args.dtype}), n_q {args.n_q}"
+    )
+    return synth, desc
 
 
 def speech_like(seconds: float, seed: int) -> np.ndarray:
@@ -175,9 +218,94 @@ def _run_clients(url: str, n: int, seconds: float, out: Any) -> None:
     out.put(asyncio.run(main()))
 
 
+async def _tts_client(url: str, words: list[str], t0: float) -> dict[str, Any]:
+    import aiohttp
+    import msgpack
+
+    arrivals: list[float] = []
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers={"kyutai-api-key": KEY}) as ws:
+        ready = msgpack.unpackb((await ws.receive()).data)
+        if ready.get("type") != "Ready":
+            return {"error": str(ready)}
+        await asyncio.sleep(max(0.0, t0 - time.monotonic()))
+        for word in words:
+            await ws.send_bytes(msgpack.packb({"type": "Text", "text": word}))
+        await ws.send_bytes(msgpack.packb({"type": "Eos"}))
+        sent = time.monotonic()
+        async for m in ws:
+            if msgpack.unpackb(m.data)["type"] == "Audio":
+                arrivals.append(time.monotonic() - sent)
+    return {"arrivals": arrivals}
+
+
+def _run_tts_clients(url: str, n: int, words: int, out: Any) -> None:
+    async def main() -> list[dict[str, Any]]:
+        t0 = time.monotonic() + 1.0
+        texts = [[f"w{4 + (i * 7 + k) % 50}" for k in range(words)] for i in range(n)]
+        return await asyncio.gather(*[_tts_client(url, texts[i], t0) for i in range(n)])
+
+    out.put(asyncio.run(main()))
+
+
+def run_tts_load(synth: Synthesizer, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    cfg = TtsModuleConfig(
+        name="tts", path="/api/tts_streaming", batch_size=n, text_tokenizer_file=None, text_bos_token=1
+    )
+    server = Server(ServerConfig(authorized_ids=frozenset({KEY})))
+    voice = torch.randn(20, synth.voice_dim, generator=torch.Generator().manual_seed(1))
+    service = TtsService(cfg, synth, voice, server.ctx)
+    service.loop.warmup()
+    server.services = [service]
+    background = BackgroundServer(server)
+    url = background.start().replace("http://", "ws://") + "/api/tts_streaming?format=PcmMessagePack"
+    results, wall, other = _with_clients(_run_tts_clients, (url, n, args.words))
+    steps, step_s = service.loop.m_step.count, service.loop.m_step.sum
+    background.stop()
+    errors = [r["error"] for r in results if "error" in r]
+    firsts = sorted(r["arrivals"][0] for r in results if r.get("arrivals"))
+    lags = [
+        max(t - (a[0] + k * FRAME / SR) for k, t in enumerate(a))
+        for a in (r.get("arrivals") for r in results)
+        if a
+    ]
+    speed = [
+        len(a) * FRAME / SR / (a[-1] - a[0])
+        for a in (r.get("arrivals") for r in results)
+        if a and a[-1] > a[0]
+    ]
+    row = {
+        "streams": n,
+        "first_audio_p50_s": firsts[len(firsts) // 2] if firsts else None,
+        "first_audio_max_s": firsts[-1] if firsts else None,
+        "playback_lag_max_s": max(lags) if lags else None,
+        "speed_x_realtime_min": min(speed) if speed else None,
+        "frames": sum(len(r.get("arrivals", [])) for r in results),
+        "step_ms_mean": 1000 * step_s / steps if steps else None,
+        "client_errors": errors,
+        "other_cpu_cores": other,
+    }
+    row["sustained"] = not errors and len(firsts) == n and max(lags) <= args.max_p99
+    return row
+
+
+def _with_clients(target: Any, client_args: tuple) -> tuple[list[dict[str, Any]], float, float]:
+    """Run `target(*client_args, queue)` in a fresh process; (its results, wall seconds, other CPU cores)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*client_args, queue))
+    own0, busy0 = _cpu_times()
+    wall0 = time.monotonic()
+    proc.start()
+    results = queue.get()
+    proc.join()
+    wall = time.monotonic() - wall0
+    own1, busy1 = _cpu_times()
+    return results, wall, max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+
+
 def _cpu_times() -> tuple[float, float]:
-    """(this process's CPU seconds, the whole machine's busy CPU seconds)."""
-    own = sum(os.times()[:2])
+    """(CPU seconds of this process and its finished children, the whole machine's busy CPU seconds)."""
+    own = sum(os.times()[:4])
     with open("/proc/stat") as f:
         fields = [float(x) for x in f.readline().split()[1:]]
     busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
@@ -192,18 +320,9 @@ def run_load(model: AsrModel, n: int, args: argparse.Namespace) -> dict[str, Any
     server.services = [service]
     background = BackgroundServer(server)
     url = background.start().replace("http://", "ws://") + "/api/asr-streaming"
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_run_clients, args=(url, n, args.seconds, queue))
-    own0, busy0 = _cpu_times()
-    wall0 = time.monotonic()
     steps0, step_s0 = service.loop.m_step.count, service.loop.m_step.sum
     frames0 = service.loop.frames_processed
-    proc.start()
-    results = queue.get()
-    proc.join()
-    wall = time.monotonic() - wall0
-    own1, busy1 = _cpu_times()
+    results, wall, other = _with_clients(_run_clients, (url, n, args.seconds))
     steps = service.loop.m_step.count - steps0
     step_s = service.loop.m_step.sum - step_s0
     frames = service.loop.frames_processed - frames0
@@ -231,8 +350,7 @@ def run_load(model: AsrModel, n: int, args: argparse.Namespace) -> dict[str, Any
         "active_slots_mean": frames / steps if steps else None,
         "audio_s_per_s": frames * FRAME / SR / wall,
         "client_errors": errors,
-        # CPU taken by other processes (not this server, not its clients) over the run, in cores.
-        "other_cpu_cores": max(0.0, (busy1 - busy0) - (own1 - own0)) / wall,
+        "other_cpu_cores": other,  # CPU taken by other processes during the run, in cores
     }
     row["sustained"] = not errors and len(frame_lat) == expected and p99 is not None and p99 <= args.max_p99
     return row
@@ -242,70 +360,104 @@ def fmt_s(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f} ms"
 
 
+def stt_table(rows: list[dict[str, Any]]) -> None:
+    headers = [
+        "streams",
+        "frames",
+        "frame p50",
+        "frame p99",
+        "word p50",
+        "word p99",
+        "step ms",
+        "active",
+        "audio s/s",
+        "other CPU",
+        "sustained",
+    ]
+    print_table(
+        headers,
+        [
+            [
+                str(r["streams"]),
+                f"{r['frames_processed']}/{r['frames_expected']}",
+                fmt_s(r["frame_latency_p50_s"]),
+                fmt_s(r["frame_latency_p99_s"]),
+                fmt_s(r["word_latency_p50_s"]),
+                fmt_s(r["word_latency_p99_s"]),
+                f"{r['step_ms_mean']:.0f}" if r["step_ms_mean"] else "-",
+                f"{r['active_slots_mean']:.1f}" if r["active_slots_mean"] else "-",
+                f"{r['audio_s_per_s']:.2f}",
+                f"{r['other_cpu_cores']:.2f}",
+                "yes" if r["sustained"] else "no",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def tts_table(rows: list[dict[str, Any]]) -> None:
+    headers = [
+        "sessions",
+        "frames",
+        "first audio p50",
+        "first audio max",
+        "max playback lag",
+        "min speed xRT",
+        "step ms",
+        "other CPU",
+        "sustained",
+    ]
+    print_table(
+        headers,
+        [
+            [
+                str(r["streams"]),
+                str(r["frames"]),
+                fmt_s(r["first_audio_p50_s"]),
+                fmt_s(r["first_audio_max_s"]),
+                fmt_s(r["playback_lag_max_s"]),
+                "-" if r["speed_x_realtime_min"] is None else f"{r['speed_x_realtime_min']:.2f}",
+                f"{r['step_ms_mean']:.0f}" if r["step_ms_mean"] else "-",
+                f"{r['other_cpu_cores']:.2f}",
+                "yes" if r["sustained"] else "no",
+            ]
+            for r in rows
+        ],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     info = machine_info()
     print(machine_line(info))
-    model = build_model(args)
-    print(f"model: {model.description}; Mimi float32, fast kernels; {args.seconds:g} s per stream")
+    if args.mode == "stt":
+        model: Any = build_model(args)
+        description = model.description
+        print(f"model: {description}; Mimi float32, fast kernels; {args.seconds:g} s per stream")
+    else:
+        model, description = build_tts(args)
+        print(f"model: {description}; Mimi float32, fast kernels; {args.words} words per session")
     rows = []
     for n in args.streams:
-        row = run_load(model, n, args)
+        row = run_load(model, n, args) if args.mode == "stt" else run_tts_load(model, n, args)
         rows.append(row)
         verdict = "sustained" if row["sustained"] else "FALLS BEHIND"
-        print(
-            f"  {n:3d} streams: frame p50 {fmt_s(row['frame_latency_p50_s'])} p99 "
-            f"{fmt_s(row['frame_latency_p99_s'])}, step {row['step_ms_mean'] or 0:.0f} ms, {verdict}",
-            flush=True,
-        )
+        if args.mode == "stt":
+            detail = f"frame p50 {fmt_s(row['frame_latency_p50_s'])} p99 {fmt_s(row['frame_latency_p99_s'])}"
+        else:
+            detail = (
+                f"first audio p50 {fmt_s(row['first_audio_p50_s'])}, lag {fmt_s(row['playback_lag_max_s'])}"
+            )
+        print(f"  {n:3d}: {detail}, step {row['step_ms_mean'] or 0:.0f} ms, {verdict}", flush=True)
         if not row["sustained"]:
             break
-    table = [
-        [
-            str(r["streams"]),
-            f"{r['frames_processed']}/{r['frames_expected']}",
-            fmt_s(r["frame_latency_p50_s"]),
-            fmt_s(r["frame_latency_p99_s"]),
-            fmt_s(r["word_latency_p50_s"]),
-            fmt_s(r["word_latency_p99_s"]),
-            f"{r['step_ms_mean']:.0f}" if r["step_ms_mean"] else "-",
-            f"{r['active_slots_mean']:.1f}" if r["active_slots_mean"] else "-",
-            f"{r['audio_s_per_s']:.2f}",
-            f"{r['other_cpu_cores']:.2f}",
-            "yes" if r["sustained"] else "no",
-        ]
-        for r in rows
-    ]
-    print_table(
-        [
-            "streams",
-            "frames",
-            "frame p50",
-            "frame p99",
-            "word p50",
-            "word p99",
-            "step ms",
-            "active",
-            "audio s/s",
-            "other CPU",
-            "sustained",
-        ],
-        table,
-    )
+    (stt_table if args.mode == "stt" else tts_table)(rows)
     best = max((r["streams"] for r in rows if r["sustained"]), default=0)
-    print(f"sustained at real time: {best} stream(s) (p99 frame latency <= {args.max_p99:g} s)")
+    print(f"sustained at real time: {best} (p99 frame latency / playback lag <= {args.max_p99:g} s)")
     if args.json:
-        write_json(
-            args.json,
-            {
-                "machine": info,
-                "model": model.description,
-                "args": vars(args),
-                "rows": rows,
-                "sustained": best,
-            },
-        )
+        payload = {"machine": info, "model": description, "args": vars(args), "rows": rows, "sustained": best}
+        write_json(args.json, payload)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""A streaming speech server, wire-compatible with Kyutai's moshi-server.
+"""A streaming speech server (STT and TTS), wire-compatible with Kyutai's moshi-server.
 
 `dsm serve --config FILE.toml` reads moshi-server's TOML config (`dsm.server.config`), loads each module
 onto one batched model loop (`dsm.server.asr.BatchedAsr`) and serves the moshi-server WebSocket protocol
