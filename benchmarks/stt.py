@@ -12,13 +12,17 @@ One `--seconds` long test signal (default 60 s) is transcribed by
   stt-1b-en_fr);
 * dsm: `Transcriber.transcribe` (fast kernels, and with `--exact` also the reference's own kernels).
 
-Reported: wall time, real-time factor (processing time / audio time; < 1 is faster than real time),
-speed-up, the fraction of identical text tokens, and the per-frame streaming latency (median and p90 of
-one 80 ms chunk pushed through `SttStream.push`, i.e. Mimi encode + one LM step, and the same for the
-reference's encode + step). The random model's text is meaningless; the timing is what counts.
+Both run frame by frame, their steps alternating in a rotating order so that load from other processes
+falls on all of them alike (on a busy 2-core machine a sequential comparison is meaningless); each
+implementation's time is the sum of its own steps. dsm runs its live session (`SttStream.push` of each
+80 ms chunk: Mimi encode + one LM step), which costs the same per step as `Transcriber.transcribe`.
+
+Reported: processing seconds, real-time factor (processing time / audio time; < 1 is faster than real
+time), speed-up, the fraction of identical text tokens, and the per-frame streaming latency (median and
+p90 of one chunk). The random model's text is meaningless; the timing is what counts.
 
     python benchmarks/stt.py [--seconds 60] [--layers 16] [--dtype bfloat16|float32] [--threads 2]
-        [--exact] [--latency-frames 50] [--json PATH]
+        [--exact] [--json PATH]
 
 Needs the reference package (`pip install moshi==0.2.13`); dsm itself never imports it.
 """
@@ -26,6 +30,7 @@ Needs the reference package (`pip install moshi==0.2.13`); dsm itself never impo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import sys
@@ -34,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from _common import (
     PieceTokenizer,
@@ -49,6 +55,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tqdm import tqdm  # noqa: E402
+
 from dsm.codec import load_mimi  # noqa: E402
 from dsm.lm import LMConfig, load_lm  # noqa: E402
 from dsm.stt.transcriber import FRAME_SIZE, Transcriber  # noqa: E402
@@ -63,44 +71,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--exact", action="store_true", help="also time dsm with the reference kernels")
-    p.add_argument("--latency-frames", type=int, default=50, help="frames timed for the latency figures")
     p.add_argument("--json", metavar="PATH")
     return p.parse_args(argv)
 
 
-def reference_transcribe(mimi, lm, chunks: list[torch.Tensor]) -> list[int]:
-    from moshi.models.lm import LMGen
+class ReferenceRecipe:
+    """The DSM script's loop with the reference models, one 80 ms chunk per `step`."""
 
-    gen = LMGen(lm, use_sampling=False, temp=0, temp_text=0)
-    tokens = []
-    with torch.no_grad(), mimi.streaming(1), gen.streaming(1):
-        for chunk in chunks:
-            tokens.append(int(gen.step(mimi.encode(chunk))[0, 0, 0]))
-    return tokens
+    def __init__(self, mimi, lm) -> None:
+        from moshi.models.lm import LMGen
 
+        self.mimi = mimi
+        self.gen = LMGen(lm, use_sampling=False, temp=0, temp_text=0)
+        self.stack = contextlib.ExitStack()
+        self.stack.enter_context(torch.no_grad())
+        self.stack.enter_context(mimi.streaming(1))
+        self.stack.enter_context(self.gen.streaming(1))
+        self.tokens: list[int] = []
 
-def reference_latency(mimi, lm, chunks: list[torch.Tensor]) -> list[float]:
-    from moshi.models.lm import LMGen
-
-    gen = LMGen(lm, use_sampling=False, temp=0, temp_text=0)
-    times = []
-    with torch.no_grad(), mimi.streaming(1), gen.streaming(1):
-        for chunk in chunks:
-            start = time.perf_counter()
-            gen.step(mimi.encode(chunk))
-            times.append(time.perf_counter() - start)
-    return times[2:]
+    def step(self, chunk: torch.Tensor) -> None:
+        self.tokens.append(int(self.gen.step(self.mimi.encode(chunk))[0, 0, 0]))
 
 
-def dsm_latency(transcriber: Transcriber, chunks: list[torch.Tensor]) -> list[float]:
-    stream = transcriber.stream()
-    times = []
-    for chunk in chunks:
-        pcm = chunk[0, 0].numpy()
-        start = time.perf_counter()
-        stream.push(pcm)
-        times.append(time.perf_counter() - start)
-    return times[2:]
+class DsmStream:
+    """dsm's live session (`SttStream.push` of one 80 ms chunk: Mimi encode + one LM step). The session
+    feeds the prefix silence itself on its first push, so the prefix chunks are not pushed again."""
+
+    def __init__(self, transcriber: Transcriber) -> None:
+        self.stream = transcriber.stream()
+        self.prefix = transcriber.prefix_chunks
+        self.seen = 0
+
+    def step(self, chunk: torch.Tensor) -> None:
+        self.seen += 1
+        if self.seen == 1:
+            self.stream.push(np.zeros(0, dtype=np.float32))  # runs the whole prefix silence
+        if self.seen > self.prefix:
+            self.stream.push(chunk[0, 0].numpy())
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.stream.tokens
 
 
 def ms_stats(times: list[float]) -> dict[str, float]:
@@ -150,21 +161,34 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": args.dtype,
         "layers": cfg["num_layers"],
     }
-    start = time.perf_counter()
-    ref_tokens = reference_transcribe(ref_mimi, ref_lm, chunks)
-    results["reference_s"] = time.perf_counter() - start
+    # Steps of the implementations alternate, in a rotating order, so that load from other processes
+    # falls on all of them alike; each one's time is the sum of its own steps.
     modes = ["fast"] + (["exact"] if args.exact else [])
+    contenders: dict[str, Any] = {"reference": ReferenceRecipe(ref_mimi, ref_lm)}
     for mode in modes:
         transcriber.exact = mode == "exact"
-        start = time.perf_counter()
-        got = transcriber.transcribe(wav.numpy(), sample_rate=24000)
-        results[f"{mode}_s"] = time.perf_counter() - start
-        same = sum(a == b for a, b in zip(got.tokens, ref_tokens, strict=True)) / len(ref_tokens)
-        results[f"{mode}_same_tokens"] = same
+        contenders[mode] = DsmStream(transcriber)
     transcriber.exact = False
-    frames = chunks[: args.latency_frames + 2]
-    results["latency_reference"] = ms_stats(reference_latency(ref_mimi, ref_lm, frames))
-    results["latency_dsm"] = ms_stats(dsm_latency(transcriber, frames))
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    start_wall = time.perf_counter()
+    for i, chunk in enumerate(tqdm(chunks, desc="steps", unit="frame", disable=not sys.stderr.isatty())):
+        order = names[i % len(names) :] + names[: i % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            contenders[name].step(chunk)
+            times[name].append(time.perf_counter() - start)
+    results["wall_s"] = time.perf_counter() - start_wall
+    ref_tokens = contenders["reference"].tokens
+    results["reference_s"] = sum(times["reference"])
+    results["latency_reference"] = ms_stats(times["reference"][2:])
+    for mode in modes:
+        results[f"{mode}_s"] = sum(times[mode])
+        got = contenders[mode].tokens
+        results[f"{mode}_same_tokens"] = sum(a == b for a, b in zip(got, ref_tokens, strict=True)) / len(
+            ref_tokens
+        )
+        results[f"latency_{mode}"] = ms_stats(times[mode][2:])
 
     rows = [
         [
@@ -186,19 +210,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * results[f'{mode}_same_tokens']:.1f} %",
             ]
         )
-    print_table(["implementation", "wall s", "RTF", "speed-up", "same tokens"], rows)
+    print_table(["implementation", "seconds", "RTF", "speed-up", "same tokens"], rows)
     lat = [
         [
             "reference (Mimi encode + LMGen.step)",
             fmt(results["latency_reference"]["median_ms"]),
             fmt(results["latency_reference"]["p90_ms"]),
-        ],
-        [
-            "dsm (SttStream.push of 80 ms)",
-            fmt(results["latency_dsm"]["median_ms"]),
-            fmt(results["latency_dsm"]["p90_ms"]),
-        ],
+        ]
     ]
+    for mode in modes:
+        lat.append(
+            [
+                f"dsm {mode} (SttStream.push of 80 ms)",
+                fmt(results[f"latency_{mode}"]["median_ms"]),
+                fmt(results[f"latency_{mode}"]["p90_ms"]),
+            ]
+        )
     print_table(["per-frame streaming latency", "median ms", "p90 ms"], lat)
     if args.json:
         write_json(args.json, results)
