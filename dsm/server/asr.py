@@ -99,16 +99,20 @@ class AsrSession:
         return self.pushed_samples - self.consumed_samples
 
     def push_audio(self, pcm: np.ndarray) -> None:
-        if len(pcm):
+        if len(pcm) and not self.closed:
             self.pushed_samples += len(pcm)
             self._inbox.append(("audio", np.ascontiguousarray(pcm, dtype=np.float32)))
             self.module.wake.set()
 
     def push_marker(self, marker_id: int) -> None:
+        if self.closed:
+            return
         self._inbox.append(("marker", marker_id))
         self.module.wake.set()
 
     def push_init(self) -> None:
+        if self.closed:
+            return
         self._inbox.append(("init", None))
         self.module.wake.set()
 

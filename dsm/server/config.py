@@ -260,7 +260,7 @@ class AsrModuleConfig:
             text_tokenizer_file=t.path("text_tokenizer_file") or py.str("tokenizer"),
             audio_tokenizer_file=py.str("mimi_weight"),
             temperature=py.float("temp", 0.0),
-            hf_repo=py.str("hf_repo", "kyutai/stt-2.6b-en"),
+            hf_repo=py.str("hf_repo", required=True),
             config_file=py.str("config_path"),
             device=py.str("device", "auto"),
             type="PyBatchedAsr",

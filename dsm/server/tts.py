@@ -319,7 +319,12 @@ class BatchedTts:
             elif s.running:
                 self.m_missing.inc()
         for s in resets:
-            self._reset_slot(s)
+            try:
+                self._reset_slot(s)
+            except Exception:  # e.g. a custom voice the conditioner rejects: this session only
+                log.exception("tts module %s: cannot start session %d", self.name, s.id)
+                early[s] = [{"type": "_end", "error": "cannot use this voice"}]
+                active[s.slot] = False
         self._deliver(early)
         for s, messages in early.items():  # ended before speaking (Eos without text)
             if messages and messages[-1]["type"] == "_end":
