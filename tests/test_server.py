@@ -469,24 +469,33 @@ def _seconds(stamp: str) -> float:
     return int(h) * 3600 + int(m) * 60 + float(s)
 
 
-def test_rest_endpoints(setup, stt_assets):
+def test_rest_endpoints_and_client_command(setup, stt_assets, capsys):
+    """The REST routes, and `dsm client stt` streaming the same file meanwhile (sharing the slots)."""
     wav = setup["audio"]["b"]
-    data = stt_assets["audio"]["b"].read_bytes()
+    path = stt_assets["audio"]["b"]
+    data = path.read_bytes()
     expected = setup["offline"]["b"]
     assert len(expected.words) >= 2
+    client_args = ["client", "stt", str(path), "--url", setup["url"], "--rtf", "1000", "--lead-silence", "0"]
+    module = setup["server"].services[0].loop
 
     async def scenario():
+        client = asyncio.get_running_loop().run_in_executor(
+            None, main, [*client_args, "--api-key", KEY, "--json"]
+        )
+        while module.used_slots < 1:  # a WebSocket takes a free slot or fails; POSTs wait for one
+            await asyncio.sleep(0.01)
         formats = [("verbose_json", ("word", "segment")), ("srt", ()), ("vtt", ())]
         calls = [transcribe_rest(setup, data, f, g) for f, g in formats]
         calls.append(post_raw())
-        return await asyncio.gather(*calls)
+        return await asyncio.gather(*calls), await client
 
     async def post_raw():
         url = setup["url"] + "/api/asr-streaming"
         async with aiohttp.ClientSession() as http, http.post(url, data=data, headers=HEADERS) as r:
             return r.status, r.content_type, await r.read()
 
-    (vj, srt, vtt, raw) = run(scenario())
+    (vj, srt, vtt, raw), client_code = run(scenario())
     assert vj[:2] == (200, "application/json")
     body = json.loads(vj[2])
     assert body["text"] == expected.text and body["task"] == "transcribe"
@@ -528,6 +537,17 @@ def test_rest_endpoints(setup, stt_assets):
         )
     assert json.loads(raw[2]) == events
 
+    # dsm client stt: silence follows the audio until the marker is back, so the offline words come first.
+    assert client_code == 0
+    words = json.loads(capsys.readouterr().out)
+    spoken = [m for m in rust_events(setup["tr"], expected.tokens) if m["type"] == "Word"]
+    got = [(w["text"], w["start"]) for w in words]
+    assert got[: len(spoken)] == [(m["text"], m["start_time"]) for m in spoken]
+    assert all(w["start"] <= w["stop"] for w in words)
+    assert main([*client_args, "--api-key", "wrong"]) == 2
+    assert "401" in capsys.readouterr().err
+    wait_free(setup)
+
 
 def test_rest_errors(setup):
     async def scenario():
@@ -567,22 +587,6 @@ def test_metrics_info_and_logs(setup):
             return r.status
 
     assert run(missing()) == 404
-
-
-def test_client_command(setup, stt_assets, capsys):
-    path = str(stt_assets["audio"]["b"])
-    args = ["client", "stt", path, "--url", setup["url"], "--rtf", "1000", "--lead-silence", "0"]
-    assert main([*args, "--api-key", KEY, "--json"]) == 0
-    words = json.loads(capsys.readouterr().out)
-    # Silence follows the audio until the marker is back: the words of the offline tokens come first.
-    expected = [m for m in rust_events(setup["tr"], setup["offline"]["b"].tokens) if m["type"] == "Word"]
-    assert len(expected) >= 2
-    got = [(w["text"], w["start"]) for w in words]
-    assert got[: len(expected)] == [(m["text"], m["start_time"]) for m in expected]
-    assert all(w["start"] <= w["stop"] for w in words)
-    assert main([*args, "--api-key", "wrong"]) == 2
-    assert "401" in capsys.readouterr().err
-    wait_free(setup)
 
 
 def test_serve_command_opens_port_after_loading(setup):
