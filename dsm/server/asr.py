@@ -75,6 +75,7 @@ class AsrSession:
         # Input, written by the session's task (asyncio thread) and read by the loop thread.
         self._inbox: deque[tuple[str, Any]] = deque()
         self.pushed_samples = 0  # written by the asyncio side only
+        self.frames_delivered = 0  # frames whose results reached `outbox` (asyncio side)
         self.consumed_samples = 0  # written by the loop only
         # Stream state, touched by the loop thread only.
         self._chunks: deque[np.ndarray] = deque()
@@ -97,6 +98,12 @@ class AsrSession:
     def pending_samples(self) -> int:
         """Samples given to the loop and not yet taken into a frame."""
         return self.pushed_samples - self.consumed_samples
+
+    @property
+    def busy(self) -> bool:
+        """Whether the loop still has work for this session: a whole frame queued, or a frame whose results
+        have not reached `outbox` yet (asyncio side)."""
+        return self.pending_samples >= FRAME or self.frames_taken > self.frames_delivered
 
     def push_audio(self, pcm: np.ndarray) -> None:
         if len(pcm) and not self.closed:
@@ -304,11 +311,13 @@ class BatchedAsr:
                 sessions = [s for s in self.slots if s is not None]
             self._deliver({s: [{"type": "_end", "error": "internal server error"}] for s in sessions})
 
-    def _deliver(self, out: dict[AsrSession, list[Message]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[AsrSession, list[Message]]]] = {}
+    def _deliver(self, out: dict[AsrSession, list[Message]], stepped: bool = False) -> None:
+        """Hand messages to their sessions' event loops; `stepped`: each session had a frame in this step
+        (counted in `frames_delivered` even when the step produced no message)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[AsrSession, list[Message], bool]]] = {}
         for session, messages in out.items():
-            if messages:
-                by_loop.setdefault(session.loop, []).append((session, messages))
+            if messages or stepped:
+                by_loop.setdefault(session.loop, []).append((session, messages, stepped))
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the session's event loop is closed: nobody to tell
                 loop.call_soon_threadsafe(_put_all, items)
@@ -407,13 +416,14 @@ class BatchedAsr:
             s._due_markers(messages)
             s._check_eof(messages)
             results[s] = messages
-        self._deliver(results)
+        self._deliver(results, stepped=True)
 
 
-def _put_all(items: list[tuple[AsrSession, list[Message]]]) -> None:
+def _put_all(items: list[tuple[AsrSession, list[Message], bool]]) -> None:
     """On the session's event loop: queue each session's messages unless it has ended."""
-    for session, messages in items:
-        if session.closed and messages[0]["type"] != "_end":
+    for session, messages, stepped in items:
+        session.frames_delivered += stepped
+        if not messages or (session.closed and messages[0]["type"] != "_end"):
             continue
         if session.outbox.qsize() > MAX_PENDING_MESSAGES:
             session.error = "client does not read its messages; too many pending"

@@ -181,7 +181,7 @@ class AsrService:
                 return Ending(
                     f"maximum session duration reached ({cfg.max_session_s:g} s)", kind="max_duration"
                 )
-            if now >= idle_at and session.pending_samples >= FRAME:
+            if now >= idle_at and session.busy:
                 last_audio = now  # the loop is still working through this client's audio: not idle
                 continue
             if now >= idle_at:
