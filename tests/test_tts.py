@@ -20,10 +20,19 @@ VOICE, VOICE2, VOICE3 = tts_assets.VOICES
 DELAY = 16  # 1.28 s at 12.5 Hz
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: steps of a small model gain nothing from more, and on a busy machine spinning
+    OpenMP threads make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    torch.set_num_threads(2)
-    return tts_assets.build(tmp_path_factory.mktemp("tts"))
+    return tts_assets.shared(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +66,8 @@ def configure(synth: Synthesizer, **settings):
 def reference_run(
     assets, scripts, voices, seed, n_q=32, padding_bonus=0.0, temp=0.6, cfg=2.0, real_cfg=False, decode=False
 ):
-    """Reference generate (+ streaming decode): (frames [B, 1 + n_q, T] from code time 0, result, pcm)."""
+    """Reference generate (+ decode): (frames [B, 1 + n_q, T] from code time 0, result, pcm). The audio is
+    decoded in one go, which equals the reference's frame-by-frame streaming decode to float rounding."""
     ref = tts_assets.reference_tts(assets, n_q=n_q, padding_bonus=padding_bonus, temp=temp)
     if real_cfg:  # as for a model without distilled CFG
         ref.__dict__["valid_cfg_conditionings"] = set()
@@ -78,9 +88,8 @@ def reference_run(
     frames = torch.cat(result.frames, dim=2)
     pcm = None
     if decode:
-        mimi = assets["ref_mimi"]
-        with torch.no_grad(), mimi.streaming(len(scripts)):
-            pcm = torch.cat([mimi.decode(f[:, 1:]).clip(-1, 1) for f in result.frames[DELAY:]], dim=2)[:, 0]
+        with torch.no_grad():
+            pcm = assets["ref_mimi"].decode(frames[:, 1:, DELAY:]).clip(-1, 1)[:, 0]
     return frames, result, pcm
 
 
@@ -95,7 +104,7 @@ def check_same(got, frames, result, b: int = 0, n_q: int = 32, pcm=None):
     assert [(w.text, w.step) for w in got.words] == result.all_transcripts[b]
     if pcm is not None:
         assert got.audio.shape == (n * 1920,)
-        np.testing.assert_allclose(got.audio, pcm[b, : n * 1920].numpy(), atol=2e-5, rtol=0)
+        np.testing.assert_allclose(got.audio, pcm[b, : n * 1920].numpy(), atol=1e-4, rtol=0)
 
 
 # -- parity with the reference -------------------------------------------------------------------------
@@ -119,10 +128,10 @@ def test_seeded_synthesis_matches_reference(assets, exact):
 def test_greedy_matches_reference(assets, exact):
     old = configure(exact, temperature=0.0, n_q=8)
     try:
-        got = exact.synthesize(TEXT, VOICE2, decode=False)
+        got = exact.synthesize("The cat sees a bird.", VOICE2, decode=False)
     finally:
         configure(exact, **old)
-    frames, result, _ = reference_run(assets, [TEXT], [VOICE2], seed=0, temp=0.0, n_q=8)
+    frames, result, _ = reference_run(assets, ["The cat sees a bird."], [VOICE2], seed=0, temp=0.0, n_q=8)
     check_same(got, frames, result, n_q=8)
     assert got.audio.size == 0
 
@@ -130,23 +139,20 @@ def test_greedy_matches_reference(assets, exact):
 def test_batch_dialog_breaks_bonus_match_reference(assets, exact):
     """A batch through one engine: a two-voice dialog and a text with pauses, 16 codebooks, a padding
     bonus (slower speech) and another CFG value."""
-    scripts = [
-        ["Hello there, my friend.", "Hi! How are you?"],
-        'Every night <break time="0.5s"/> music again.',
-    ]
+    scripts = [["Hello there.", "Hi! How are you?"], 'Good night <break time="0.4s"/> again.']
     voices = [[VOICE, VOICE2], VOICE3]  # a shorter voice: the batch pads its cross-attention source
-    old = configure(exact, n_q=16, padding_bonus=1.5, cfg_coef=3.0)
+    old = configure(exact, n_q=16, padding_bonus=1.0, cfg_coef=3.0)
     try:
         got = exact.synthesize_batch(scripts, voices=voices, seed=5, decode=False)
     finally:
         configure(exact, **old)
-    frames, result, _ = reference_run(assets, scripts, voices, seed=5, n_q=16, padding_bonus=1.5, cfg=3.0)
+    frames, result, _ = reference_run(assets, scripts, voices, seed=5, n_q=16, padding_bonus=1.0, cfg=3.0)
     for b in range(2):
         check_same(got[b], frames, result, b, n_q=16)
     card = assets["cfg"]["text_card"] + 1
     fed = [f % card for _, f in got[0].text_tokens]  # main stream of the demuxed tokens
     assert 1 in fed and 2 in fed  # both speaker tokens
-    assert len(result.all_consumption_times[1]) == 5  # 4 words + the pause
+    assert len(result.all_consumption_times[1]) == 4  # 3 words + the pause
 
 
 def test_real_cfg_matches_reference(assets, exact):
@@ -164,15 +170,17 @@ def test_real_cfg_matches_reference(assets, exact):
 
 
 def test_stream_with_words_arriving_equals_synthesize(assets, fast):
-    """Text pushed in pieces (words split across pushes) while audio is pulled: same audio as the whole
-    text, and audio starts before the text is complete."""
-    expected = fast.synthesize(TEXT, VOICE, seed=3, on_frame=lambda chunk: None)
+    """Text pushed in pieces (words split across pushes) while audio is pulled: same codes, tokens and
+    words as the whole text, the audio starts before the text is complete, and the frame-by-frame audio
+    equals the one-shot decoding of `synthesize` to float rounding."""
+    text = "Hello there, my friend. Good night!"
+    expected = fast.synthesize(text, VOICE, seed=3)
     session = fast.session(VOICE, seed=3)
     rng = np.random.default_rng(0)
-    chunks, pos, before_end = [], 0, 0
-    while pos < len(TEXT):
+    chunks, pos = [], 0
+    while pos < len(text):
         n = int(rng.integers(1, 8))
-        session.push(TEXT[pos : pos + n])
+        session.push(text[pos : pos + n])
         pos += n
         chunks += list(session.frames())
     before_end = len(chunks)
@@ -183,22 +191,22 @@ def test_stream_with_words_arriving_equals_synthesize(assets, fast):
     assert torch.equal(got.codes, expected.codes)
     assert got.text_tokens == expected.text_tokens and got.words == expected.words
     assert [c.index for c in chunks] == list(range(got.codes.shape[1]))
-    np.testing.assert_allclose(np.concatenate([c.audio for c in chunks]), expected.audio, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([c.audio for c in chunks]), expected.audio, atol=1e-4)
     starts = [(w.text, c.index) for c in chunks for w in c.words]
     assert starts == [(w.text, w.step) for w in got.words]
     assert session.time_to_first_audio is not None and session.time_to_first_audio > 0
-    # One-shot decoding of the same codes gives the same audio up to float rounding.
-    once = fast.synthesize(TEXT, VOICE, seed=3)
-    assert torch.equal(once.codes, expected.codes)
-    np.testing.assert_allclose(once.audio, expected.audio, atol=1e-4)
+    seen = []
+    on_frame = fast.synthesize("Good night!", VOICE, seed=3, on_frame=seen.append)
+    assert [c.index for c in seen] == list(range(on_frame.codes.shape[1]))
+    assert on_frame.time_to_first_audio is not None
 
 
 def test_fast_kernels_agree_with_exact(assets, exact, fast):
     old = configure(exact, n_q=8, temperature=0.0)
     old_fast = configure(fast, temperature=0.0)
     try:
-        a = exact.synthesize(TEXT, VOICE, decode=False)
-        b = fast.synthesize(TEXT, VOICE, decode=False)
+        a = exact.synthesize("Music in the garden, every night!", VOICE, decode=False)
+        b = fast.synthesize("Music in the garden, every night!", VOICE, decode=False)
     finally:
         configure(exact, **old)
         configure(fast, **old_fast)

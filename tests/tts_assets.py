@@ -69,6 +69,16 @@ def reference_mimi(seed: int):
     return mimi.eval()
 
 
+_BUILT: dict[str, dict] = {}
+
+
+def shared(tmp_path_factory) -> dict:
+    """`build` once per test session (the test modules share the assets)."""
+    if "assets" not in _BUILT:
+        _BUILT["assets"] = build(tmp_path_factory.mktemp("tts"))
+    return _BUILT["assets"]
+
+
 def build(root: Path) -> dict:
     """Write the model repo (root/model) and the voice repo (root/voices); return the reference parts."""
     tok = train_tokenizer(root, vocab_size=120, min_words=6, max_words=10)

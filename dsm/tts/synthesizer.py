@@ -169,7 +169,7 @@ class Synthesizer:
             cfg.text_card + 1, tts_config.second_stream_ahead, max_padding, initial_padding
         )
         self.voice_dim = provider.conditioners[VOICE_KEY].dim
-        cfg_lut = provider.conditioners.get("cfg")
+        cfg_lut = provider.conditioners["cfg"] if "cfg" in provider.conditioners else None  # noqa: SIM401
         values = cfg_lut.possible_values if isinstance(cfg_lut, LUTConditioner) else None
         self.valid_cfg_values = sorted({float(v) for v in values}) if values else []
         self._voices: dict[str, torch.Tensor] = {}

@@ -1,0 +1,118 @@
+"""`dsm tts`: the command line against the Python API on the small TTS checkpoint of tts_assets (with a
+full-size Mimi, as the command loads Kyutai's architecture), output formats and user errors."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from dsm.audio import read_audio
+from dsm.cli import main
+from dsm.codec import Mimi, MimiConfig, save_mimi
+from dsm.tts.synthesizer import Synthesizer
+
+tts_assets = pytest.importorskip("tts_assets")
+
+TEXT = "The red bird."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """The shared test model with a full-size Mimi (random weights) instead of the 1-layer one."""
+    assets = tts_assets.shared(tmp_path_factory)
+    model = tmp_path_factory.mktemp("tts-cli") / "model"
+    model.mkdir()
+    for path in assets["repo"].iterdir():
+        if path.name != tts_assets.MIMI_NAME:
+            (model / path.name).symlink_to(path)
+    torch.manual_seed(0)
+    mimi = Mimi(MimiConfig()).eval()
+    with torch.no_grad():
+        for name, buf in mimi.named_buffers():
+            if name.endswith("embedding_sum"):
+                buf.normal_()
+    save_mimi(mimi, model / tts_assets.MIMI_NAME)
+    return {"repo": model, "voices": assets["voices"]}
+
+
+def args(repo, *extra):
+    return [
+        "tts",
+        "--hf-repo",
+        str(repo["repo"]),
+        "--voice-repo",
+        str(repo["voices"]),
+        "--dtype",
+        "float32",
+        "--n-q",
+        "8",
+        "-q",
+        *extra,
+    ]
+
+
+def test_wav_output_equals_python_api(repo, tmp_path):
+    text_file = tmp_path / "in.txt"
+    text_file.write_text(TEXT + "\n")
+    out = tmp_path / "out.wav"
+    assert main(args(repo, str(text_file), str(out), "--seed", "4", "--voice", tts_assets.VOICES[1])) == 0
+    synth = Synthesizer.from_checkpoint(
+        repo["repo"], dtype=torch.float32, voice_repo=str(repo["voices"]), n_q=8
+    )
+    expected = synth.synthesize(TEXT + "\n", tts_assets.VOICES[1], seed=4)
+    wav, sr = sf.read(str(out), dtype="float32")
+    assert sr == 24000 and wav.shape == expected.audio.shape
+    np.testing.assert_allclose(wav, expected.audio, atol=1.0 / 32767 + 1e-6)
+
+
+def test_stdin_to_ogg_opus_and_dialog(repo, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello there.\n\nHi, my friend!\n"))
+    out = tmp_path / "dialog.ogg"
+    voices = ["--voice", tts_assets.VOICES[0], "--voice", tts_assets.VOICES[1]]
+    assert main(args(repo, "-", str(out), "--dialog", "--seed", "1", *voices)) == 0
+    assert out.read_bytes()[:4] == b"OggS" and b"OpusHead" in out.read_bytes()[:200]
+    wav = read_audio(out, sample_rate=24000)
+    assert 0.5 < len(wav) / 24000 < 30
+
+
+def test_list_voices(repo, capsys):
+    assert main(args(repo, "--list-voices")) == 0
+    out = capsys.readouterr().out
+    assert "3 voices" in out and tts_assets.VOICES[1] in out
+
+
+def test_errors(repo, tmp_path, capsys, monkeypatch):
+    text_file = tmp_path / "in.txt"
+    text_file.write_text(TEXT)
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n")
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # as if not installed
+    cases = [
+        (args(repo, str(text_file), "-"), "needs the sounddevice package"),
+        (args(repo, str(text_file), str(tmp_path / "out.xyz")), "unknown audio extension"),
+        (args(repo, str(tmp_path / "missing.txt"), str(tmp_path / "o.wav")), "file not found"),
+        (args(repo, str(empty), str(tmp_path / "o.wav")), "empty"),
+        (args(repo, str(text_file), str(tmp_path / "o.wav"), "--voice", "nobody.wav"), "available voices"),
+        (
+            args(repo, str(text_file), str(tmp_path / "o.wav"), "--cfg-coef", "7"),
+            "cfg_coef 7 is not supported",
+        ),
+        (args(repo, str(text_file)), "give INPUT"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.wav").exists()
