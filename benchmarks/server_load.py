@@ -3,14 +3,17 @@
 A server runs in this process (one module, batch size = the number of sessions tried, fast kernels) on a
 model with random weights; the clients run in a separate process and speak the WebSocket protocol over
 loopback. `--arch small` is a 1-layer, dim-128 LM (about the test models: the full Mimi dominates the
-cost), `--arch 1b` the real depth and width of stt-1b-en_fr / tts-1.6b-en_fr (`--layers` reduces it).
-Mimi is the full codec in float32.
+cost), `--arch bundled` the bundled models of `configs/bundled/` (6-layer, dim-256 LM and their small codec:
+8 codebooks, 16 SEANet filters), `--arch 1b` the real depth and width of stt-1b-en_fr / tts-1.6b-en_fr
+(`--layers` reduces it). Mimi is Kyutai's full codec in float32, except for `bundled`.
 
 STT (`--mode stt`): each client sends a speech-like signal as 1920-sample `Audio` messages paced at real
 time (80 ms apart, start times spread over one frame) for `--seconds`. Reported per number of streams N:
 
-* frame latency: from sending a frame to receiving the `Step` of the step that processed it (the server's
-  processing delay, without the model's text delay), p50 / p99 / max;
+* frame latency: from sending a frame to receiving the results of the step that processed it (the
+  server's processing delay, without the model's text delay), p50 / p99 / max. It is timed with markers:
+  frame k is followed by `Marker{k}`, which comes back with the results of frame k + 6
+  (`asr_delay_in_tokens`), so models without VAD `Step` messages are timed too;
 * word latency: from sending the frame where a word starts (its `start_time`) to receiving its `Word`
   (includes the word's duration and the model's 0.48 s text delay), p50 / p99;
 * mean step time, mean active slots per step, audio seconds processed per second. N streams are
@@ -66,13 +69,14 @@ from dsm.tts.synthesizer import Synthesizer  # noqa: E402
 FRAME = 1920
 SR = 24000
 KEY = "bench"
+ASR_DELAY = 6  # the module's asr_delay_in_tokens: a marker comes back that many frames after its audio
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=["stt", "tts"], default="stt")
-    p.add_argument("--arch", choices=["small", "1b"], default="small")
+    p.add_argument("--arch", choices=["small", "bundled", "1b"], default="small")
     p.add_argument("--layers", type=int, default=None, help="temporal layers (default: the architecture's)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
@@ -86,9 +90,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def bundled(kind: str) -> tuple[dict[str, Any], Mimi, dict[str, Any]]:
+    """The bundled model's LM config, a random codec of its architecture, and the training config."""
+    import tomllib
+
+    from dsm.train.codec import mimi_config_from_dict
+
+    train = tomllib.loads((REPO / "configs" / "bundled" / f"{kind}.toml").read_text())
+    mimi = random_mimi(mimi_config_from_dict(train["model"]["mimi_config"]))
+    return dict(train["model"]["arch"]), mimi, train
+
+
 def build_model(args: argparse.Namespace) -> AsrModel:
     import lm_configs
 
+    if args.arch == "bundled":
+        cfg, mimi, _ = bundled("stt")
+        if args.layers:
+            cfg["num_layers"] = args.layers
+        lm = build_lm(LMConfig.from_kyutai(cfg), dtype=DTYPES[args.dtype]).requires_grad_(False)
+        params = sum(p.numel() for p in lm.parameters()) / 1e6
+        desc = f"bundled STT ({cfg['num_layers']} layers, dim {cfg['dim']}, {params:.0f} M params), its codec"
+        return AsrModel(mimi, lm, PieceTokenizer(), 6, 0.0, 0.48, description=desc)
     cfg = lm_configs.reduced(lm_configs.STT_1B, layers=args.layers or 16)
     if args.arch == "small":  # noqa: SIM114
         cfg.update(dim=128, num_heads=2, num_layers=args.layers or 1, context=100)
@@ -106,8 +129,8 @@ def build_model(args: argparse.Namespace) -> AsrModel:
     return AsrModel(mimi, lm, PieceTokenizer(), 6, 0.0, 0.5, description=desc)
 
 
-def random_mimi() -> Mimi:
-    mimi = Mimi(MimiConfig()).eval().requires_grad_(False)
+def random_mimi(config: MimiConfig | None = None) -> Mimi:
+    mimi = Mimi(config or MimiConfig()).eval().requires_grad_(False)
     with torch.no_grad():
         for name, buf in mimi.named_buffers():
             if name.endswith("embedding_sum"):
@@ -119,6 +142,19 @@ def build_tts(args: argparse.Namespace) -> tuple[Synthesizer, str]:
     """A TTS synthesizer with random weights (tts-1.6b-en_fr's architecture, or a small one)."""
     import lm_configs
 
+    if args.arch == "bundled":
+        cfg, mimi, train = bundled("tts")
+        if args.layers:
+            cfg["num_layers"] = args.layers
+        lm = build_lm(LMConfig.from_kyutai(cfg), dtype=DTYPES[args.dtype]).requires_grad_(False)
+        tts = {k: train["tts"][k] for k in ("audio_delay", "second_stream_ahead", "max_speakers")}
+        synth = Synthesizer(mimi, lm, PieceTokenizer(), tts, n_q=min(args.n_q, cfg["dep_q"]))
+        params = sum(p.numel() for p in lm.parameters()) / 1e6
+        desc = (
+            f"bundled TTS ({cfg['num_layers']} layers, dim {cfg['dim']}, {params:.0f} M params, real CFG) "
+            f"+ bundled codec, n_q {synth.n_q}"
+        )
+        return synth, desc
     cfg = lm_configs.reduced(lm_configs.TTS_1B6, layers=args.layers or 16, depformer_layers=4)
     if args.arch == "small":
         cfg = lm_configs.reduced(lm_configs.TTS_1B6, layers=args.layers or 1, depformer_layers=1)
@@ -172,15 +208,15 @@ async def _client(url: str, frames: list[bytes], offset: float, t0: float) -> di
             return {"error": str(ready)}
         done = asyncio.Event()
 
+        timed = len(frames) - ASR_DELAY
+
         async def receive() -> None:
-            steps = 0
             async for m in ws:
                 msg = msgpack.unpackb(m.data)
                 now = time.monotonic()
-                if msg["type"] == "Step":
-                    frame_lat.append(now - sent[steps])
-                    steps += 1
-                    if steps == len(frames):
+                if msg["type"] == "Marker":  # Marker{k} comes back with the step of frame k + the delay
+                    frame_lat.append(now - sent[msg["id"] + ASR_DELAY])
+                    if len(frame_lat) == timed:
                         done.set()
                         return
                 elif msg["type"] == "Word":
@@ -193,10 +229,12 @@ async def _client(url: str, frames: list[bytes], offset: float, t0: float) -> di
             await asyncio.sleep(max(0.0, start + (k + 1) * FRAME / SR - time.monotonic()))
             sent[k] = time.monotonic()
             await ws.send_bytes(data)
+            if k < timed:
+                await ws.send_bytes(msgpack.packb({"type": "Marker", "id": k}))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(done.wait(), timeout=30)
         reader.cancel()
-    return {"frame": frame_lat, "word": word_lat, "frames": len(frames)}
+    return {"frame": frame_lat, "word": word_lat, "frames": timed, "elapsed": time.monotonic() - start}
 
 
 def _run_clients(url: str, n: int, seconds: float, out: Any) -> None:
@@ -365,7 +403,8 @@ def run_load(model: AsrModel, n: int, args: argparse.Namespace) -> dict[str, Any
         "step_ms_mean": 1000 * step_s / steps if steps else None,
         "full_step_ms_min": full_step,
         "active_slots_mean": frames / steps if steps else None,
-        "audio_s_per_s": frames * FRAME / SR / wall,
+        # audio stepped per second of streaming (client start to its last result), over all streams
+        "audio_s_per_s": frames * FRAME / SR / max((r.get("elapsed", wall) for r in results), default=wall),
         "client_errors": errors,
         "other_cpu_cores": other,  # CPU taken by other processes during the run, in cores
     }

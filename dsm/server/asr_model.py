@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -200,13 +200,16 @@ def _load_lm(weights: Path, config: LMConfig, device: torch.device, dtype: torch
 
 
 def mimi_config_from_table(table: dict[str, Any] | None, where: str) -> MimiConfig | None:
+    """A module's `mimi_config` table (MimiConfig fields, SeanetConfig fields in a `seanet` sub-table, as
+    the training configs write them), or None for Kyutai's codec."""
     if not table:
         return None
-    known = {f.name for f in fields(MimiConfig)} - {"seanet"}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise InputError(f"{where}.mimi_config: unknown keys {', '.join(unknown)}")
-    return MimiConfig(**table)
+    from dsm.train.codec import mimi_config_from_dict
+
+    try:
+        return mimi_config_from_dict(table)
+    except (InputError, TypeError) as e:
+        raise InputError(f"{where}.mimi_config: {e}") from e
 
 
 def load_asr_model(cfg: AsrModuleConfig, device: str | None = None) -> AsrModel:
