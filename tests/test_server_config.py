@@ -13,7 +13,7 @@ pytest.importorskip("aiohttp")
 
 from dsm.errors import CheckpointError, InputError  # noqa: E402
 from dsm.lm import LMConfig  # noqa: E402
-from dsm.server.asr_model import lm_config_from_candle  # noqa: E402
+from dsm.server.asr_model import lm_config_from_candle, mimi_config_from_table  # noqa: E402
 from dsm.server.auth import is_authorized  # noqa: E402
 from dsm.server.config import expand_env, load_config, parse_config  # noqa: E402
 from dsm.server.metrics import Registry  # noqa: E402
@@ -289,8 +289,10 @@ def test_example_configs(name, tmp_path, monkeypatch):
         return
     (asr,) = cfg.asr
     assert cfg.authorized_ids == frozenset({"public_token"}) and asr.path == "/api/asr-streaming"
-    if name == "stt-local":
+    if name == "stt-local":  # the bundled model's small codec
         assert asr.hf_repo == str(tmp_path) and not fetched
+        mimi = mimi_config_from_table(asr.mimi_config, "stt-local")
+        assert (mimi.n_q, mimi.bins, mimi.seanet.n_filters, mimi.seanet.dimension) == (8, 1024, 16, 256)
         return
     assert all(ref.startswith(f"hf://kyutai/{name}-candle/") for ref in fetched) and len(fetched) == 3
     kyutai = {"stt-1b-en_fr": lm_configs.STT_1B, "stt-2.6b-en": lm_configs.STT_2B6}[name]
