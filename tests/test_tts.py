@@ -298,3 +298,4 @@ def test_voice_by_path_and_tensor(assets, fast):
     finally:
         configure(fast, **old)
     assert torch.equal(by_name.codes, by_path.codes) and torch.equal(by_name.codes, by_tensor.codes)
+    assert 1 <= len(fast._cross_cache) <= fast.cross_cache_size  # the voice's keys/values were reused

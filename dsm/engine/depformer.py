@@ -7,7 +7,8 @@ position bookkeeping and masks, and the modules' generic forwards; this runner d
 with far fewer operations, which is what a step of a few rows costs on CPU:
 
 - keys and values go to preallocated buffers [rows, heads, dep_q, head_dim] at position c, and attention
-  reads positions 0..c without a mask;
+  reads positions 0..c without a mask (in float32 for 16-bit models on CPU, see
+  `dsm.nn.transformer.attention_dtype`);
 - each distinct `depformer_in` projection of the weight schedule is computed once per step (11 for
   TTS-1.6b's 32 codebooks, not 32): it depends on the hidden state only;
 - the audio-token embeddings (low-rank table + projection) are expanded once per model into full tables,
@@ -31,7 +32,7 @@ from torch.nn import functional as F
 
 from dsm.lm.model import LMModel
 from dsm.nn.gemm import SKINNY_ROWS, derived_tensors
-from dsm.nn.transformer import LayerNormF32, LayerScale, RMSNorm
+from dsm.nn.transformer import LayerNormF32, LayerScale, RMSNorm, attention_dtype
 
 Linear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _TABLES: weakref.WeakKeyDictionary[LMModel, list[torch.Tensor]] = weakref.WeakKeyDictionary()
@@ -113,8 +114,9 @@ class FastDepformer:
             self.in_sets = [0] * dep_q
         weight = model.text_linear.weight
         shape = (rows, self.heads, dep_q, self.head_dim)
-        self.keys = [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in dep.layers]
-        self.values = [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in dep.layers]
+        dtype = attention_dtype(weight.dtype, weight.device, not exact)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in dep.layers]
+        self.values = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in dep.layers]
         self.exact = exact
         skinny = weight.dtype == torch.float32 and weight.device.type == "cpu" and rows <= SKINNY_ROWS
         self.linear: Linear = _skinny if skinny and not exact else F.linear
@@ -155,13 +157,12 @@ class FastDepformer:
                 keys, values = self.keys[i], self.values[i]
                 keys[:, :, c] = qkv[:, 1]
                 values[:, :, c] = qkv[:, 2]
+                q = qkv[:, 0, :, None].to(keys.dtype)
                 if self.masks is None:
-                    out = F.scaled_dot_product_attention(
-                        qkv[:, 0, :, None], keys[:, :, : c + 1], values[:, :, : c + 1]
-                    )
+                    out = F.scaled_dot_product_attention(q, keys[:, :, : c + 1], values[:, :, : c + 1])
                 else:
-                    out = F.scaled_dot_product_attention(qkv[:, 0, :, None], keys, values, self.masks[c])
-                update = linear(out.reshape(rows, -1), layer.out_weight[s])
+                    out = F.scaled_dot_product_attention(q, keys, values, self.masks[c])
+                update = linear(out.reshape(rows, -1).to(x.dtype), layer.out_weight[s])
                 x = x + (update if layer.scale1 is None else layer.scale1 * update)
                 update = layer.feed_forward(layer.norm2(x), s, linear)
                 x = x + (update if layer.scale2 is None else layer.scale2 * update)

@@ -258,11 +258,19 @@ class TransformerState:
         self.step = 0
 
 
+def attention_dtype(dtype: torch.dtype, device: torch.device, fast: bool) -> torch.dtype:
+    """dtype of streaming keys, values and attention: float32 in fast mode for 16-bit models on CPU,
+    whose 16-bit attention kernels are several times slower there; else the model's."""
+    if fast and device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return dtype
+
+
 def _write_ring(ring: torch.Tensor, slots: torch.Tensor, new: torch.Tensor, active: torch.Tensor | None):
     """Write `new` [B, H, T, D] into `ring` [B, H, capacity, D] at `slots` [B, T], in place, only for
     active streams (an indexed put: no pass over the rest of the cache)."""
     rows = torch.arange(ring.shape[0], device=ring.device)[:, None].expand_as(slots)
-    values = new.transpose(1, 2)  # [B, T, H, D], the layout of ring[rows, :, slots]
+    values = new.transpose(1, 2).to(ring.dtype)  # [B, T, H, D], the layout of ring[rows, :, slots]
     if active is not None:
         rows, slots, values = rows[active], slots[active], values[active]
     ring[rows, :, slots] = values
@@ -293,9 +301,10 @@ class Transformer(nn.Module):
         weight = self.layers[0].self_attn.in_proj_weight
         cfg = self.cfg
         shape = (batch_size, cfg.num_heads // cfg.kv_repeat, self.capacity(), cfg.head_dim)
+        dtype = attention_dtype(weight.dtype, weight.device, fast)
 
         def ring() -> torch.Tensor:
-            return torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+            return torch.zeros(shape, dtype=dtype, device=weight.device)
 
         n = len(self.layers)
         offset = torch.zeros(batch_size, dtype=torch.long, device=weight.device)
@@ -364,15 +373,28 @@ class Transformer(nn.Module):
             ck, cv = cross[i]
             h = layer.norm_cross(x)
             cq = linear(h, ca.in_proj_weight[: ca.dim]).view(h.shape[0], h.shape[1], ca.num_heads, -1)
-            out = F.scaled_dot_product_attention(cq.transpose(1, 2), ck, cv)
+            out = F.scaled_dot_product_attention(cq.transpose(1, 2).to(ck.dtype), ck, cv).to(h.dtype)
             x = x + layer.layer_scale_cross(linear(ca.merge_heads(out), ca.out_proj.weight))
         return layer.feed_forward(x, indices, linear)
 
-    def _cross_kv(self, cross_src: torch.Tensor | None, dtype: torch.dtype):
+    def _cross_kv(self, cross_src: torch.Tensor | None, dtype: torch.dtype, fast: bool = False):
+        """Per layer cross-attention (keys, values); in the attention dtype (float32 products of the
+        source with the weights when that differs from the model dtype)."""
         if cross_src is None or self.layers[0].cross_attention is None:
             return None
-        src = cross_src.to(dtype)
-        return [layer.cross_attention.cross_kv(src) for layer in self.layers]
+        kv_dtype = attention_dtype(dtype, cross_src.device, fast)
+        src = cross_src.to(kv_dtype)
+        out = []
+        for layer in self.layers:
+            attn = layer.cross_attention
+            if kv_dtype == dtype:
+                out.append(attn.cross_kv(src))
+                continue
+            B, S, _ = src.shape
+            kv = F.linear(src, attn.in_proj_weight[attn.dim :].to(kv_dtype))
+            k, v = kv.view(B, S, 2, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            out.append((k, v))
+        return out
 
     def _one_shot(self, x, cos, sin, indices, cross_src) -> torch.Tensor:
         B, T, _ = x.shape
@@ -426,14 +448,14 @@ class Transformer(nn.Module):
                 valid = valid & (gap < cfg.context)
         mask = valid[:, None]
         if state.cross is None and cross_src is not None:
-            state.cross = self._cross_kv(cross_src, x.dtype)
+            state.cross = self._cross_kv(cross_src, x.dtype, state.fast)
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             keys, values = state.keys[i], state.values[i]
             _write_ring(keys, write_idx, k, active)
             _write_ring(values, write_idx, v, active)
             keys, values = _expand_kv(keys, cfg.kv_repeat), _expand_kv(values, cfg.kv_repeat)
-            return F.scaled_dot_product_attention(q, keys, values, mask)
+            return F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, mask).to(q.dtype)
 
         linear = skinny_linear if state.fast else F.linear
         for i, layer in enumerate(self.layers):

@@ -16,8 +16,10 @@ kernels agree up to float rounding, which can flip a sampled token now and then)
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +113,9 @@ class Synthesizer:
     uses 32; Kyutai's server 24). `cfg_coef` is the classifier-free guidance strength; CFG-distilled
     models (TTS-1.6b) take it as a condition value among those they were trained with (1.0 to 4.0 by
     0.5), other models run real CFG. `padding_bonus` > 0 slows the speech down, < 0 speeds it up.
+    `exact=True` runs the reference's kernels (same codes as the reference at a given seed); the default
+    fast kernels agree to float rounding, attend in float32 on CPU and keep the cross-attention keys and
+    values of the last `cross_cache_size` voices, so a voice used again starts sooner.
     """
 
     def __init__(
@@ -136,6 +141,7 @@ class Synthesizer:
         max_chars: int = 100_000,
         max_words_per_chunk: int = 80,
         exact: bool = False,
+        cross_cache_size: int = 4,
     ) -> None:
         cfg = lm.cfg
         if cfg.dep_q == 0:
@@ -173,6 +179,10 @@ class Synthesizer:
         values = cfg_lut.possible_values if isinstance(cfg_lut, LUTConditioner) else None
         self.valid_cfg_values = sorted({float(v) for v in values}) if values else []
         self._voices: dict[str, torch.Tensor] = {}
+        # Cross-attention keys/values per conditioning source (fast mode): computing them is most of the
+        # first step's cost (e.g. 625 positions x 16 layers for TTS-1.6b).
+        self.cross_cache_size = cross_cache_size
+        self._cross_cache: OrderedDict[bytes, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
 
     @classmethod
     def from_checkpoint(
@@ -285,6 +295,30 @@ class Synthesizer:
     def _real_cfg(self) -> bool:
         return not self.distilled_cfg and self.cfg_coef != 1.0
 
+    def _cross_kv(self, cross: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per layer cross-attention keys/values of the rows of `cross` [rows, S, dim], from the cache
+        when the same source was seen before (fast mode only: exact mode computes them as the
+        reference does, for the whole batch at once)."""
+        transformer = self.lm.transformer
+        if self.exact or self.cross_cache_size < 1 or transformer.layers[0].cross_attention is None:
+            return None
+        src = cross.to(self.lm.dtype)
+        rows = []
+        for row in src:
+            key = hashlib.blake2b(row.float().cpu().numpy().tobytes(), digest_size=20).digest()
+            kv = self._cross_cache.pop(key, None)
+            if kv is None:
+                with torch.inference_mode():
+                    kv = transformer._cross_kv(row[None], self.lm.dtype, fast=True)
+            self._cross_cache[key] = kv
+            while len(self._cross_cache) > self.cross_cache_size:
+                self._cross_cache.popitem(last=False)
+            rows.append(kv)
+        return [
+            (torch.cat([r[i][0] for r in rows]), torch.cat([r[i][1] for r in rows]))
+            for i in range(len(rows[0]))
+        ]
+
     # -- synthesis -----------------------------------------------------------------------------------
     def synthesize(
         self,
@@ -346,6 +380,29 @@ class Synthesizer:
         session.end()
         yield from session.frames()
 
+    def stream_batch(
+        self,
+        scripts: Sequence[Script],
+        voice: VoiceSpec | None = None,
+        *,
+        voices: Sequence[VoiceSpec] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[list[AudioChunk | None]]:
+        """Several scripts through one batched engine, frame by frame: yields, for every step that
+        produces audio, one chunk per script (None for a script whose audio is already complete)."""
+        if isinstance(scripts, str) or not scripts:
+            raise InputError("stream_batch takes a non-empty list of scripts")
+        if voices is None:
+            voices = [DEFAULT_VOICE if voice is None else voice] * len(scripts)
+        if len(voices) != len(scripts):
+            raise InputError(f"got {len(voices)} voices for {len(scripts)} scripts")
+        states = [self.machine.new_state(self.entries(s)) for s in scripts]
+        run = _Run(self, list(voices), seed, states, input_ended=True, audio="stream")
+        while not run.done:
+            chunks = run.step()
+            if chunks is not None:
+                yield [c if c.index < run.audio_frames(b) else None for b, c in enumerate(chunks)]
+
     def session(self, voice: VoiceSpec = DEFAULT_VOICE, *, seed: int | None = None) -> TtsStream:
         """A live session: `push` text, `end` it, and pull audio with `frames()`."""
         return TtsStream(self, voice, seed)
@@ -382,6 +439,7 @@ class _Run:
         input_ended: bool,
         audio: str = "stream",
     ) -> None:
+        self.started = time.perf_counter()
         self.synth = synth
         self.audio_mode = audio  # "stream": decode each frame at once; "end": all at the end; "none"
         self.states = states
@@ -410,6 +468,8 @@ class _Run:
             on_text=self._on_text,
             on_audio=self._on_audio,
         )
+        if condition_cross is not None:
+            self.gen.state.cross = synth._cross_kv(condition_cross)  # None: the engine computes them
         self.decoder = synth.mimi.streaming_decoder(B, exact=synth.exact) if audio == "stream" else None
         device = lm.device
         self.inputs = torch.full((B, self.gen.needed_inputs), ZERO, dtype=torch.long, device=device)
@@ -421,7 +481,6 @@ class _Run:
         self.logged: list[list[tuple[int, int]]] = [[] for _ in states]
         self.codes: list[torch.Tensor] = []  # per audio frame, [B, n_q]
         self.audio: list[np.ndarray] = []  # per audio frame, [B, 1920]
-        self.started = time.perf_counter()
         self.first_audio: float | None = None
 
     # -- hooks (read self.offset, the step being run) --------------------------------------------
