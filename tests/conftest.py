@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import lm_configs
 import pytest
 import torch
@@ -14,7 +16,7 @@ ARCHS = {
 
 
 @pytest.fixture(scope="session")
-def lm_pairs(tmp_path_factory):
+def lm_pairs(tmp_path_factory, request):
     """get(name, dtype) -> (config dict, reference LMModel, dsm LMModel with the same weights), cached.
 
     Real architectures at 2 layers (2 depformer layers), random weights, exported from the reference
@@ -37,7 +39,19 @@ def lm_pairs(tmp_path_factory):
             cache[key] = (cfg, ref, ours)
         return cache[key]
 
+    request.session.dsm_lm_pairs_cache = cache
     return get
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_lm_pairs(request):
+    """Models built by `lm_pairs` live only as long as the test module that asked for them: the three
+    architectures in two dtypes, reference and dsm copies, would otherwise hold gigabytes all session."""
+    yield
+    cache = getattr(request.session, "dsm_lm_pairs_cache", None)
+    if cache:
+        cache.clear()
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
