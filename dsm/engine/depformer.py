@@ -7,8 +7,8 @@ position bookkeeping and masks, and the modules' generic forwards; this runner d
 with far fewer operations, which is what a step of a few rows costs on CPU:
 
 - keys and values go to preallocated buffers [rows, heads, dep_q, head_dim] at position c, and attention
-  reads positions 0..c without a mask (in float32 for 16-bit models on CPU, see
-  `dsm.nn.transformer.attention_dtype`);
+  reads positions 0..c without a mask (in `attention_dtype` if given, e.g. float32 for 16-bit models on
+  CPU, see `dsm.nn.transformer.cpu_attention_dtype`);
 - each distinct `depformer_in` projection of the weight schedule is computed once per step (11 for
   TTS-1.6b's 32 codebooks, not 32): it depends on the hidden state only;
 - the audio-token embeddings (low-rank table + projection) are expanded once per model into full tables,
@@ -23,6 +23,7 @@ generic path, and so the reference, bit for bit; it still saves most of the book
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Callable
 
@@ -32,7 +33,7 @@ from torch.nn import functional as F
 
 from dsm.lm.model import LMModel
 from dsm.nn.gemm import SKINNY_ROWS, derived_tensors
-from dsm.nn.transformer import LayerNormF32, LayerScale, RMSNorm, attention_dtype
+from dsm.nn.transformer import LayerNormF32, LayerScale, RMSNorm
 
 Linear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _TABLES: weakref.WeakKeyDictionary[LMModel, list[torch.Tensor]] = weakref.WeakKeyDictionary()
@@ -82,13 +83,15 @@ def _scale(module: nn.Module) -> torch.Tensor | None:
 
 
 def _audio_tables(model: LMModel) -> list[torch.Tensor]:
-    """Per audio codebook c >= 1 of the depformer, the embedding of every token [card + 1, dim]."""
+    """Per audio codebook c >= 1 of the depformer, the embedding of every token [card + 1, dim] (computed
+    in float32: 16-bit products of that size are slow on CPUs without 16-bit arithmetic)."""
     tables = _TABLES.get(model)
     if tables is None:
         device = model.text_linear.weight.device
+        dtype = model.text_linear.weight.dtype
         with derived_tensors():
             tokens = torch.arange(model.cfg.card + 1, device=device)
-            tables = [emb(tokens).detach() for emb in model.depformer_emb]
+            tables = [copy.deepcopy(emb).float()(tokens).to(dtype) for emb in model.depformer_emb]
         _TABLES[model] = tables
     return tables
 
@@ -96,7 +99,14 @@ def _audio_tables(model: LMModel) -> list[torch.Tensor]:
 class FastDepformer:
     """Samples `dep_q` codebooks for `rows` streams (2x the slots under CFG) in one generation step."""
 
-    def __init__(self, model: LMModel, rows: int, dep_q: int, exact: bool = False):
+    def __init__(
+        self,
+        model: LMModel,
+        rows: int,
+        dep_q: int,
+        exact: bool = False,
+        attention_dtype: torch.dtype | None = None,
+    ):
         if not supports_fast_depformer(model):
             raise ValueError("this depformer needs the generic streaming path")
         self.model = model
@@ -114,7 +124,7 @@ class FastDepformer:
             self.in_sets = [0] * dep_q
         weight = model.text_linear.weight
         shape = (rows, self.heads, dep_q, self.head_dim)
-        dtype = attention_dtype(weight.dtype, weight.device, not exact)
+        dtype = attention_dtype or weight.dtype
         self.keys = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in dep.layers]
         self.values = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in dep.layers]
         self.exact = exact

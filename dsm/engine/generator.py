@@ -45,7 +45,9 @@ class LMGen:
     default generator) in the reference's order, so a seeded reference run is reproduced token for token.
     Classifier-free guidance (`cfg_coef != 1`) runs a null-conditioned copy of each slot: pass
     `condition_sum` / `condition_cross` with 2B rows (conditional first, null second), or use
-    `cfg_is_no_text` to build the null copy by masking text.
+    `cfg_is_no_text` to build the null copy by masking text. `attention_dtype` (e.g. float32 for a
+    bf16 model on CPU, see `dsm.nn.transformer.cpu_attention_dtype`) holds keys/values and runs
+    attention in another dtype than the model's (not exact then).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class LMGen:
         generator: torch.Generator | None = None,
         dep_q: int | None = None,
         exact: bool = False,
+        attention_dtype: torch.dtype | None = None,
         on_text_logits: Callable[[torch.Tensor], None] | None = None,
         on_text: Callable[[torch.Tensor], None] | None = None,
         on_audio: Callable[[torch.Tensor], None] | None = None,
@@ -101,11 +104,11 @@ class LMGen:
                 raise InputError(f"{name} must have {rows} rows (2 per slot under CFG), got {cond.shape[0]}")
         self.condition_sum = None if condition_sum is None else condition_sum.to(model.dtype)
         self.condition_cross = None if condition_cross is None else condition_cross.to(model.dtype)
-        self.state = model.transformer.init_state(rows, fast=not exact)
+        self.state = model.transformer.init_state(rows, fast=not exact, attention_dtype=attention_dtype)
         self.depformer_state = model.depformer.init_state(rows, fast=not exact) if model.depformer else None
         self.fast_depformer = None
         if self.dep_q > 0 and supports_fast_depformer(model):
-            self.fast_depformer = FastDepformer(model, rows, self.dep_q, exact=exact)
+            self.fast_depformer = FastDepformer(model, rows, self.dep_q, exact, attention_dtype)
         self.generators = None
         self.generator = generator
         if seeds is not None and generator is not None:

@@ -258,12 +258,13 @@ class TransformerState:
         self.step = 0
 
 
-def attention_dtype(dtype: torch.dtype, device: torch.device, fast: bool) -> torch.dtype:
-    """dtype of streaming keys, values and attention: float32 in fast mode for 16-bit models on CPU,
-    whose 16-bit attention kernels are several times slower there; else the model's."""
-    if fast and device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+def cpu_attention_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype | None:
+    """A faster dtype for streaming keys, values and attention than the model's: float32 for 16-bit
+    models on CPU, whose 16-bit attention kernels are several times slower there (at twice the cache
+    memory); None where the model's dtype is best."""
+    if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         return torch.float32
-    return dtype
+    return None
 
 
 def _write_ring(ring: torch.Tensor, slots: torch.Tensor, new: torch.Tensor, active: torch.Tensor | None):
@@ -297,11 +298,15 @@ class Transformer(nn.Module):
             return self.cfg.weights_per_step
         raise ValueError("a streaming transformer needs a context (or weights per step) to size its cache")
 
-    def init_state(self, batch_size: int, fast: bool = True) -> TransformerState:
+    def init_state(
+        self, batch_size: int, fast: bool = True, attention_dtype: torch.dtype | None = None
+    ) -> TransformerState:
+        """Streaming state; keys, values (cross-attention's too) and attention are in `attention_dtype`
+        (default: the model's dtype)."""
         weight = self.layers[0].self_attn.in_proj_weight
         cfg = self.cfg
         shape = (batch_size, cfg.num_heads // cfg.kv_repeat, self.capacity(), cfg.head_dim)
-        dtype = attention_dtype(weight.dtype, weight.device, fast)
+        dtype = attention_dtype or weight.dtype
 
         def ring() -> torch.Tensor:
             return torch.zeros(shape, dtype=dtype, device=weight.device)
@@ -377,12 +382,14 @@ class Transformer(nn.Module):
             x = x + layer.layer_scale_cross(linear(ca.merge_heads(out), ca.out_proj.weight))
         return layer.feed_forward(x, indices, linear)
 
-    def _cross_kv(self, cross_src: torch.Tensor | None, dtype: torch.dtype, fast: bool = False):
-        """Per layer cross-attention (keys, values); in the attention dtype (float32 products of the
-        source with the weights when that differs from the model dtype)."""
+    def _cross_kv(
+        self, cross_src: torch.Tensor | None, dtype: torch.dtype, kv_dtype: torch.dtype | None = None
+    ):
+        """Per layer cross-attention (keys, values) of a source; in `kv_dtype` if given (computed in that
+        dtype from the weights), else in the model's `dtype` exactly as the reference does."""
         if cross_src is None or self.layers[0].cross_attention is None:
             return None
-        kv_dtype = attention_dtype(dtype, cross_src.device, fast)
+        kv_dtype = kv_dtype or dtype
         src = cross_src.to(kv_dtype)
         out = []
         for layer in self.layers:
@@ -448,7 +455,7 @@ class Transformer(nn.Module):
                 valid = valid & (gap < cfg.context)
         mask = valid[:, None]
         if state.cross is None and cross_src is not None:
-            state.cross = self._cross_kv(cross_src, x.dtype, state.fast)
+            state.cross = self._cross_kv(cross_src, x.dtype, state.keys[0].dtype if state.keys else None)
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             keys, values = state.keys[i], state.values[i]

@@ -111,11 +111,11 @@ class ScriptParser:
     padding_between: int = 1
     frame_rate: float = FRAME_RATE
     normalize: bool = True
-    turn: int = 0
-    _last_speaker: int | None = None
-    _first_content: bool = True
-    _buffer: str = ""
-    _started: bool = field(default=False, repr=False)
+    turn: int = 0  # index of the current turn (even: main speaker, odd: the other)
+    _last_speaker: int | None = field(default=None, init=False, repr=False)
+    _first_content: bool = field(default=True, init=False, repr=False)
+    _buffer: str = field(default="", init=False, repr=False)
+    _started: bool = field(default=False, init=False, repr=False)
 
     def parse(self, script: str | Sequence[str]) -> list[Entry]:
         """All entries of a whole script (a string is a single turn)."""

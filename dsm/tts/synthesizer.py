@@ -34,6 +34,7 @@ from dsm.errors import CheckpointError, InputError
 from dsm.lm import load_lm
 from dsm.lm.conditioners import ConditionAttributes, LUTConditioner
 from dsm.lm.model import LMModel
+from dsm.nn.transformer import cpu_attention_dtype
 from dsm.stt.checkpoint import load_tokenizer
 from dsm.tts.checkpoint import DEFAULT_TTS_REPO, TtsCheckpoint, TtsConfig
 from dsm.tts.script import (
@@ -292,6 +293,12 @@ class Synthesizer:
             return fuser.get_sum(conditions), fuser.get_cross(conditions)
 
     @property
+    def attention_dtype(self) -> torch.dtype | None:
+        """Keys/values and attention in float32 for 16-bit models on CPU (fast mode): several times
+        faster there than 16-bit attention, for twice the cache memory."""
+        return None if self.exact else cpu_attention_dtype(self.lm.dtype, self.lm.device)
+
+    @property
     def _real_cfg(self) -> bool:
         return not self.distilled_cfg and self.cfg_coef != 1.0
 
@@ -309,7 +316,7 @@ class Synthesizer:
             kv = self._cross_cache.pop(key, None)
             if kv is None:
                 with torch.inference_mode():
-                    kv = transformer._cross_kv(row[None], self.lm.dtype, fast=True)
+                    kv = transformer._cross_kv(row[None], self.lm.dtype, self.attention_dtype)
             self._cross_cache[key] = kv
             while len(self._cross_cache) > self.cross_cache_size:
                 self._cross_cache.popitem(last=False)
@@ -464,6 +471,7 @@ class _Run:
             generator=generator,
             dep_q=synth.n_q,
             exact=synth.exact,
+            attention_dtype=synth.attention_dtype,
             on_text_logits=self._on_text_logits,
             on_text=self._on_text,
             on_audio=self._on_audio,

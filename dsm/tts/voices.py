@@ -32,7 +32,8 @@ def voice_suffix(raw_config: dict) -> str:
 
 def resolve_voice(voice: str | os.PathLike, repo: str = DEFAULT_VOICE_REPO, suffix: str = "") -> Path:
     """Local path of a voice embedding: an existing `.safetensors` path, `hf://owner/repo/file`, or a
-    name in `repo` (the suffix is appended unless the name already ends in `.safetensors`).
+    name (the suffix is appended unless the name already ends in `.safetensors`) found as a local file,
+    else in `repo`.
 
     An unknown name raises `InputError` listing the voices `repo` offers for this suffix."""
     text = str(voice)
@@ -43,9 +44,12 @@ def resolve_voice(voice: str | os.PathLike, repo: str = DEFAULT_VOICE_REPO, suff
         return path
     if text.startswith("hf://") or text.startswith("file://"):
         return resolve_reference(text)
+    name = text if text.endswith(".safetensors") or not suffix else text + suffix
+    local = Path(name).expanduser()
+    if local.is_file():  # as the reference: a local file of that name comes first
+        return local
     if path.is_absolute() or text.startswith((".", "~")):
         raise InputError(f"{text}: voice file not found")
-    name = text if text.endswith(".safetensors") or not suffix else text + suffix
     try:
         return hf_file(repo, name)
     except CheckpointError as e:
