@@ -80,20 +80,11 @@ class Codec:
     def load(cls, source: str, n_q: int | None) -> Codec:
         from dsm.codec import load_mimi
         from dsm.hub import resolve_reference
-        from dsm.train.codec import mimi_config_from_dict
 
         path = Path(source)
-        config = None
-        if path.is_dir():
-            cfg_file = path / "mimi_config.json"
-            if cfg_file.is_file():
-                config = mimi_config_from_dict(json.loads(cfg_file.read_text()))
-            path = path / "mimi.safetensors"
-        else:
+        if not path.is_dir():
             path = Path(resolve_reference(source))
-        if not path.is_file():
-            raise InputError(f"{source}: no codec weights (expected a mimi.safetensors file or directory)")
-        mimi = load_mimi(path, config=config)
+        mimi = load_mimi(path)
         total = mimi.total_codebooks
         n = total if n_q is None else n_q
         if not 1 <= n <= total:
@@ -185,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         codec = Codec.load(args.codec, args.n_q) if args.codec else None
         speakers = [s for s in args.speakers.split(",") if s]
         res = judge_manifest(
-            args.manifest, split=args.split, speakers=speakers, limit=args.limit, codec=codec,
+            args.manifest,
+            split=args.split,
+            speakers=speakers,
+            limit=args.limit,
+            codec=codec,
             threads=args.threads,
         )
     except DsmError as exc:

@@ -94,10 +94,8 @@ def bundled(kind: str) -> tuple[dict[str, Any], Mimi, dict[str, Any]]:
     """The bundled model's LM config, a random codec of its architecture, and the training config."""
     import tomllib
 
-    from dsm.train.codec import mimi_config_from_dict
-
     train = tomllib.loads((REPO / "configs" / "bundled" / f"{kind}.toml").read_text())
-    mimi = random_mimi(mimi_config_from_dict(train["model"]["mimi_config"]))
+    mimi = random_mimi(MimiConfig.from_dict(train["model"]["mimi_config"]))
     return dict(train["model"]["arch"]), mimi, train
 
 

@@ -1,28 +1,44 @@
 """Corpus helpers of the bundled-model recipe (scripts/train_bundled.sh).
 
-    python scripts/bundled_data.py merge OUT.jsonl IN1.jsonl IN2.jsonl ...   # one manifest, paths rebased
+    python scripts/bundled_data.py merge OUT.jsonl IN1.jsonl IN2.jsonl ... [--default-split train]
+    python scripts/bundled_data.py extra-text MANIFEST OUT.txt [--count 6000] [--seed 2]
     python scripts/bundled_data.py tokenizer MANIFEST OUT.model [--vocab 1000]
+    python scripts/bundled_data.py ship-codec EXPORT_DIR              # -> dsm/models/codec
+    python scripts/bundled_data.py ship-lm {stt,tts} EXPORT_DIR [--voice NAME=AUDIO ...]  # -> dsm/models/KIND
 
 The tokenizer is a SentencePiece unigram model trained on the text of the manifest's *training* split only
 (held-out sentences stay unseen), with Kyutai's special ids: 0 unknown / word start, 1 BOS, 2 EOS,
 3 padding.
+
+Shipping writes the trained models into the package (`dsm.bundled`): the codec's weights in bfloat16 except
+its codebooks (float32, so that codes are picked as in training), the LMs as exported (bfloat16) with
+configs that name the shared codec as ``../codec/mimi.safetensors``, and the TTS voices as the codec latent
+of the first seconds of one training clip of each speaker (`dsm.tts.voices.voice_from_audio`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from dsm.train.data.manifest import manifest_root, read_manifest, rebase, write_manifest
 
 
-def merge(out: Path, inputs: list[Path]) -> int:
-    """Write the utterances of `inputs` into one manifest at `out`, audio paths relative to its folder."""
+def merge(out: Path, inputs: list[Path], default_split: str = "") -> int:
+    """Write the utterances of `inputs` into one manifest at `out`, audio paths relative to its folder;
+    utterances without a split get `default_split`."""
     utts = []
     for path in inputs:
         utts += rebase(read_manifest(path), manifest_root(path), out.resolve().parent)
+    if default_split:
+        utts = [u if u.split else dataclasses.replace(u, split=default_split) for u in utts]
     write_manifest(out, utts)
     return len(utts)
 
@@ -55,21 +71,130 @@ def train_tokenizer(manifest: Path, out: Path, vocab: int, split: str = "train")
     return spm.SentencePieceProcessor(model_file=str(out)).vocab_size()
 
 
+def extra_text(manifest: Path, out: Path, count: int, seed: int) -> int:
+    """Write `count` new generated sentences (none of them in `manifest`, held-out ones included)."""
+    from dsm.train.data.text import generate_sentences
+
+    known = {u.text.strip() for u in read_manifest(manifest)}
+    new = [t for t in generate_sentences("en", count + len(known), seed=seed) if t.strip() not in known]
+    out.write_text("\n".join(new[:count]) + "\n")
+    return min(count, len(new))
+
+
+def ship_codec(export: Path, out: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from dsm.codec.loader import CONFIG_NAME, WEIGHTS_NAME, read_mimi_config
+
+    state = load_file(str(export / WEIGHTS_NAME))
+    keep32 = ("_codebook.",)  # the EMA codebooks: nearest-codeword search as in training
+    state = {
+        k: v.to(torch.bfloat16) if v.is_floating_point() and not any(s in k for s in keep32) else v
+        for k, v in state.items()
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / WEIGHTS_NAME))
+    config = read_mimi_config(export / CONFIG_NAME)
+    (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    print(f"codec -> {out} ({(out / WEIGHTS_NAME).stat().st_size / 1e6:.1f} MB)")
+
+
+def voice_clip(manifest: Path, speaker: str, seconds: float) -> Path:
+    """The first training clip of ``speaker`` at least ``seconds`` long (else its longest)."""
+    utts = [u for u in read_manifest(manifest) if u.speaker == speaker and u.split == "train"]
+    if not utts:
+        raise SystemExit(f"{manifest}: no training clip of speaker {speaker!r}")
+    long = [u for u in utts if (u.duration or 0.0) >= seconds]
+    pick = long[0] if long else max(utts, key=lambda u: u.duration or 0.0)
+    return pick.audio_path(manifest_root(manifest))
+
+
+def ship_lm(
+    kind: str, export: Path, out: Path, voices: list[str], voice_seconds: float, manifest: Path
+) -> None:
+    from dsm.audio import read_audio
+    from dsm.bundled import bundled
+    from dsm.codec import load_mimi
+    from dsm.tts.voices import save_voice, voice_from_audio
+
+    config = json.loads((export / "config.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (config["moshi_name"], config["tokenizer_name"]):
+        shutil.copyfile(export / name, out / name)
+    config["mimi_name"] = "../codec/mimi.safetensors"
+    if kind == "tts":
+        if not voices:
+            raise SystemExit("ship-lm tts: give at least one --voice NAME=AUDIO")
+        mimi = load_mimi(bundled("codec"))
+        voice_seconds = float((config.get("tts_config") or {}).get("voice_seconds", voice_seconds))
+        (out / "voices").mkdir(exist_ok=True)
+        for spec in voices:
+            name, _, audio = spec.partition("=")
+            if not Path(audio).is_file():
+                audio = str(voice_clip(manifest, audio, voice_seconds))
+            print(f"voice {name}: {audio}")
+            wav = torch.from_numpy(read_audio(audio, sample_rate=mimi.sample_rate))
+            save_voice(out / "voices" / f"{name}.safetensors", voice_from_audio(mimi, wav, voice_seconds))
+        config.update(voice_repo="voices", default_voice=voices[0].partition("=")[0])
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"{kind} -> {out} ({size / 1e6:.1f} MB)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("merge", help="merge manifests")
     m.add_argument("out", type=Path)
     m.add_argument("inputs", type=Path, nargs="+")
+    m.add_argument("--default-split", default="", help="split of utterances that have none")
     t = sub.add_parser("tokenizer", help="train the text tokenizer on the training sentences")
     t.add_argument("manifest", type=Path)
     t.add_argument("out", type=Path)
     t.add_argument("--vocab", type=int, default=1000)
+    x = sub.add_parser("extra-text", help="new sentences, none of them in the manifest")
+    x.add_argument("manifest", type=Path)
+    x.add_argument("out", type=Path)
+    x.add_argument("--count", type=int, default=6000)
+    x.add_argument("--seed", type=int, default=2)
+    c = sub.add_parser("ship-codec", help="write the trained codec into the package")
+    c.add_argument("export", type=Path)
+    c.add_argument("--out", type=Path, default=None, help="default: dsm/models/codec")
+    lm = sub.add_parser("ship-lm", help="write a trained STT or TTS model into the package")
+    lm.add_argument("kind", choices=["stt", "tts"])
+    lm.add_argument("export", type=Path)
+    lm.add_argument("--out", type=Path, default=None, help="default: dsm/models/KIND")
+    lm.add_argument(
+        "--voice",
+        action="append",
+        default=[],
+        metavar="NAME=AUDIO",
+        help="TTS voice from an audio file or a speaker of --manifest (first: the default voice)",
+    )
+    lm.add_argument("--manifest", type=Path, default=Path("data/bundled/all.jsonl"))
+    lm.add_argument(
+        "--voice-seconds", type=float, default=4.0, help="when the export's tts_config has no voice_seconds"
+    )
     args = parser.parse_args(argv)
+    from dsm.bundled import ROOT
+
     if args.cmd == "merge":
-        print(f"{merge(args.out, args.inputs)} utterances -> {args.out}")
-    else:
+        print(f"{merge(args.out, args.inputs, args.default_split)} utterances -> {args.out}")
+    elif args.cmd == "tokenizer":
         print(f"{train_tokenizer(args.manifest, args.out, args.vocab)} pieces -> {args.out}")
+    elif args.cmd == "extra-text":
+        print(f"{extra_text(args.manifest, args.out, args.count, args.seed)} sentences -> {args.out}")
+    elif args.cmd == "ship-codec":
+        ship_codec(args.export, args.out or ROOT / "codec")
+    else:
+        ship_lm(
+            args.kind,
+            args.export,
+            args.out or ROOT / args.kind,
+            args.voice,
+            args.voice_seconds,
+            args.manifest,
+        )
     return 0
 
 

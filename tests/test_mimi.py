@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dsm.codec import Mimi, MimiConfig, load_mimi
+from dsm.codec import Mimi, MimiConfig, load_mimi, save_mimi
 from dsm.errors import CheckpointError, InputError
 
 oracle = pytest.importorskip("oracle")
@@ -337,3 +338,22 @@ def test_fresh_model_is_initialised():
     assert weight.abs().max().item() <= bound
     assert abs(weight.std().item() - bound / 3**0.5) < 0.1 * bound
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_codec_directory_carries_its_architecture(tmp_path):
+    """A codec directory (mimi.safetensors + mimi_config.json, as `dsm train codec` exports and dsm's
+    bundled codec ships) loads with its own architecture; an explicit config still wins."""
+    cfg = MimiConfig(num_layers=1, n_q=8)
+    directory = tmp_path / "codec"
+    directory.mkdir()
+    torch.manual_seed(0)
+    save_mimi(Mimi(cfg), directory / "mimi.safetensors")
+    (directory / "mimi_config.json").write_text(json.dumps(cfg.to_dict()))
+    mimi = load_mimi(directory)
+    assert mimi.cfg == cfg and mimi.total_codebooks == 8
+    assert MimiConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    (directory / "mimi_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a valid Mimi config"):
+        load_mimi(directory)
+    with pytest.raises(InputError, match=r"unknown Mimi config keys: layers, seanet\.filters"):
+        MimiConfig.from_dict({"layers": 2, "seanet": {"filters": 8}})

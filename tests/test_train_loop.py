@@ -69,7 +69,8 @@ def test_stt_from_scratch_lowers_loss_and_exports(assets, tmp_path):
     export = out / "export"
     config = json.loads((export / "config.json").read_text())
     assert config["stt_config"] == {"audio_delay_seconds": 0.32, "audio_silence_prefix_seconds": 0.0}
-    stt = Transcriber.from_checkpoint(export, mimi_config=tiny_mimi_config())
+    assert config["mimi_config"] == tiny_mimi_config().to_dict()  # the small codec's architecture...
+    stt = Transcriber.from_checkpoint(export)  # ...so that loading needs no mimi_config
     result = stt.transcribe(assets["root"] / "data" / "clips" / "011.wav")
     assert len(result.tokens) == 25 + 4  # 2 s of audio and the 0.32 s delay
     assert all(0 <= t < 128 for t in result.tokens)
@@ -115,9 +116,9 @@ def test_resume_after_interruption_is_exact(assets, tmp_path, kind):
 
 
 def _codec_cfg():
-    from dsm.train.codec import mimi_config_from_dict
+    from dsm.codec import MimiConfig
 
-    return mimi_config_from_dict(copy.deepcopy(TINY_MIMI) | {"n_q": 4, "bins": 64})
+    return MimiConfig.from_dict(copy.deepcopy(TINY_MIMI) | {"n_q": 4, "bins": 64})
 
 
 @pytest.fixture(scope="module")
@@ -280,9 +281,9 @@ def test_example_configs_parse(name):
     if cfg.model.arch:
         LMConfig.from_kyutai(cfg.model.arch)
     if kind == "codec":
-        from dsm.train.codec import mimi_config_from_dict
+        from dsm.codec import MimiConfig
 
-        assert mimi_config_from_dict(cfg.codec.arch).n_q == 8
+        assert MimiConfig.from_dict(cfg.codec.arch).n_q == 8
 
 
 def test_ddp_with_torchrun(assets, tmp_path):

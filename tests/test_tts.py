@@ -284,8 +284,8 @@ def test_input_errors(assets, fast):
     session.push("...")
     with pytest.raises(InputError, match="no words"):
         session.end()
-    with pytest.raises(CheckpointError, match="no TTS config"):
-        Synthesizer.from_checkpoint(None)
+    with pytest.raises(CheckpointError, match="no TTS config"):  # files but no config
+        Synthesizer.from_checkpoint(moshi_weight="model.safetensors")
 
 
 def test_voice_by_path_and_tensor(assets, fast):

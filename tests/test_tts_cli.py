@@ -116,3 +116,16 @@ def test_errors(repo, tmp_path, capsys, monkeypatch):
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o.wav").exists()
+
+
+def test_voice_command_refuses_models_with_a_speaker_encoder(repo, tmp_path, capsys):
+    """Kyutai-style TTS configs have no `voice_seconds`: their voices come from an unreleased speaker
+    encoder, so `dsm voice` says so instead of writing an embedding the model would misread."""
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.zeros(24_000, dtype=np.float32), 24_000)
+    out = tmp_path / "voice.safetensors"
+    assert main(["voice", str(clip), str(out), "--hf-repo", str(repo["repo"])]) == 2
+    assert "speaker encoder dsm does not have" in capsys.readouterr().err
+    assert main(["voice", str(clip), str(tmp_path / "voice.bin"), "--hf-repo", str(repo["repo"])]) == 2
+    assert "must end in .safetensors" in capsys.readouterr().err
+    assert not out.exists()

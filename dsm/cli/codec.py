@@ -27,7 +27,6 @@ from dsm.cli.common import (
     progress,
     read_bytes,
     read_input_audio,
-    require_mimi_source,
     write_output_audio,
     write_stdout,
 )
@@ -139,26 +138,33 @@ def _int_metadata(metadata: dict[str, str], key: str, name: str) -> int | None:
     return value
 
 
+def codebooks(mimi: Mimi, n_q: int | None) -> int:
+    """--n-q, checked against the codec (None: all of its codebooks)."""
+    if n_q is None:
+        return mimi.total_codebooks
+    if n_q > mimi.total_codebooks:
+        raise InputError(f"--n-q {n_q}: this codec has {mimi.total_codebooks} codebooks")
+    return n_q
+
+
 # -- codec commands -------------------------------------------------------------------------------------
 
 
 def cmd_codec_encode(args: argparse.Namespace) -> int:
     """`dsm codec encode IN OUT.safetensors`: audio -> Mimi codes."""
-    require_mimi_source(args)
     if args.output != STDIO:
         check_parent(Path(args.output))
     wav = read_input_audio(args.input)
     mimi = load_codec(args)
+    n_q = codebooks(mimi, args.n_q)
     start = time.perf_counter()
-    codes = encode_wav(mimi, wav, args.n_q, args)
-    log.info(
-        "encoded %d frames x %d codebooks in %.2f s", codes.shape[-1], args.n_q, time.perf_counter() - start
-    )
+    codes = encode_wav(mimi, wav, n_q, args)
+    log.info("encoded %d frames x %d codebooks in %.2f s", codes.shape[-1], n_q, time.perf_counter() - start)
     metadata = {
         "sample_rate": str(mimi.sample_rate),
         "frame_rate": str(mimi.frame_rate),
         "num_samples": str(wav.shape[-1]),
-        "n_q": str(args.n_q),
+        "n_q": str(n_q),
         "dsm_version": __version__,
     }
     save_codes(args.output, codes, metadata)
@@ -167,7 +173,6 @@ def cmd_codec_encode(args: argparse.Namespace) -> int:
 
 def cmd_codec_decode(args: argparse.Namespace) -> int:
     """`dsm codec decode CODES.safetensors OUT`: Mimi codes -> audio, trimmed to the original length."""
-    require_mimi_source(args)
     check_audio_output(args.output, args.float32)
     codes, metadata = load_codes(args.input)
     num_samples = _int_metadata(metadata, "num_samples", label(args.input))
@@ -191,12 +196,12 @@ def cmd_codec_decode(args: argparse.Namespace) -> int:
 
 def cmd_codec_roundtrip(args: argparse.Namespace) -> int:
     """`dsm codec roundtrip IN OUT`: encode then decode, and print a one-line summary."""
-    require_mimi_source(args)
     check_audio_output(args.output, args.float32)
     wav = read_input_audio(args.input)
     mimi = load_codec(args)
+    n_q = codebooks(mimi, args.n_q)
     start = time.perf_counter()
-    codes = encode_wav(mimi, wav, args.n_q, args)
+    codes = encode_wav(mimi, wav, n_q, args)
     out = decode_codes(mimi, codes, args)[..., : wav.shape[-1]]
     elapsed = time.perf_counter() - start
     write_output_audio(args.output, out, mimi.sample_rate, args.float32)
@@ -204,7 +209,7 @@ def cmd_codec_roundtrip(args: argparse.Namespace) -> int:
         duration = wav.shape[-1] / mimi.sample_rate
         frames = codes.shape[-1]
         print(
-            f"{label(args.input)}: {duration:.2f} s of audio, {frames} frames x {args.n_q} codebooks, "
+            f"{label(args.input)}: {duration:.2f} s of audio, {frames} frames x {n_q} codebooks, "
             f"encoded+decoded in {elapsed:.2f} s (real-time factor {elapsed / duration:.3f})",
             file=sys.stderr if args.output == STDIO else sys.stdout,
         )
@@ -225,13 +230,13 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         parser.set_defaults(func=func)
         return parser
 
-    n_q_help = f"number of codebooks to keep, 1 to {MAX_N_Q} (default: {MAX_N_Q})"
+    n_q_help = f"number of codebooks to keep, 1 to {MAX_N_Q} (default: all of the codec's)"
     float_help = "write 32-bit float WAV (no 16-bit rounding or clipping); .wav or - only"
 
     encode = action("encode", cmd_codec_encode, "encode audio to Mimi codes (safetensors)")
     encode.add_argument("input", metavar="IN", help="audio file (wav, flac, mp3, ogg, opus), or - for stdin")
     encode.add_argument("output", metavar="OUT", help="codes file (.safetensors), or - for stdout")
-    encode.add_argument("--n-q", type=n_q_arg, default=MAX_N_Q, metavar="N", help=n_q_help)
+    encode.add_argument("--n-q", type=n_q_arg, default=None, metavar="N", help=n_q_help)
     add_mimi_options(encode)
 
     decode = action("decode", cmd_codec_decode, "decode Mimi codes (safetensors) to audio")
@@ -247,6 +252,6 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     roundtrip.add_argument(
         "output", metavar="OUT", help="audio file (format from the extension), or - for stdout"
     )
-    roundtrip.add_argument("--n-q", type=n_q_arg, default=MAX_N_Q, metavar="N", help=n_q_help)
+    roundtrip.add_argument("--n-q", type=n_q_arg, default=None, metavar="N", help=n_q_help)
     roundtrip.add_argument("--float32", action="store_true", help=float_help)
     add_mimi_options(roundtrip)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from dsm.audio import WRITE_FORMATS, encode_audio, read_audio, write_audio
+from dsm.bundled import bundled
 from dsm.codec import Mimi, MimiConfig, load_mimi
 from dsm.errors import CheckpointError, InputError
 from dsm.hub import mimi_file
@@ -64,12 +65,15 @@ def add_mimi_options(parser: argparse.ArgumentParser) -> None:
     """Kyutai-style flags that choose the Mimi weights and where they run."""
     group = parser.add_argument_group("model")
     group.add_argument(
-        "--mimi-weight", metavar="PATH", help="Mimi weights (a .safetensors file); overrides --hf-repo's"
+        "--mimi-weight",
+        metavar="PATH",
+        help="Mimi weights (a .safetensors file, or a codec directory); overrides --hf-repo's",
     )
     group.add_argument(
         "--hf-repo",
         metavar="REPO",
-        help=f"Hugging Face repo (or a local directory laid out like one) holding Mimi, e.g. {EXAMPLE_REPO}",
+        help=f"Hugging Face repo (or a local directory laid out like one) holding Mimi, e.g. {EXAMPLE_REPO} "
+        "(default: dsm's bundled codec)",
     )
     group.add_argument(
         "--device", type=device_arg, default=torch.device("cpu"), help="torch device (default: cpu)"
@@ -82,18 +86,11 @@ def add_mimi_options(parser: argparse.ArgumentParser) -> None:
 # -- model loading --------------------------------------------------------------------------------------
 
 
-def require_mimi_source(args: argparse.Namespace) -> None:
-    """Fail early (before any I/O) when no Mimi weights were named."""
-    if not (args.mimi_weight or args.hf_repo):
-        raise InputError(
-            "no Mimi weights given: pass --mimi-weight PATH or --hf-repo REPO "
-            f"(e.g. --hf-repo {EXAMPLE_REPO})"
-        )
-
-
 def mimi_weight_path(args: argparse.Namespace) -> Path:
-    """The Mimi checkpoint named by --mimi-weight, else the one of --hf-repo."""
-    require_mimi_source(args)
+    """The Mimi checkpoint named by --mimi-weight, else the one of --hf-repo, else dsm's bundled codec
+    (a directory: weights and architecture)."""
+    if not (args.mimi_weight or args.hf_repo):
+        return bundled("codec")
     if args.mimi_weight:
         return Path(args.mimi_weight).expanduser()
     try:
@@ -207,12 +204,15 @@ def read_bytes(path: str) -> bytes:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def add_checkpoint_options(parser: argparse.ArgumentParser, default_repo: str | None) -> None:
+def add_checkpoint_options(parser: argparse.ArgumentParser, published: str, dtype_help: str) -> None:
     """Kyutai's model flags for a DSM checkpoint: a hub repo (or a local directory laid out like one),
-    each file overridable (an explicit file wins over the repo's), and the device and dtype."""
+    each file overridable (an explicit file wins over the repo's), and the device and dtype. Without
+    any of them dsm's bundled model is used; ``published`` names Kyutai's model in the help."""
     group = parser.add_argument_group("model")
-    default = f" (default: {default_repo})" if default_repo else ""
-    repo_help = f"Hugging Face repo id, or a local directory laid out like one{default}"
+    repo_help = (
+        f"Hugging Face repo id (e.g. {published}), or a local directory laid out like one (default: dsm's "
+        "bundled English model)"
+    )
     group.add_argument("--hf-repo", metavar="REPO", help=repo_help)
     group.add_argument("--moshi-weight", metavar="PATH", help="LM weights (.safetensors)")
     group.add_argument("--mimi-weight", metavar="PATH", help="Mimi weights (.safetensors)")
@@ -221,17 +221,14 @@ def add_checkpoint_options(parser: argparse.ArgumentParser, default_repo: str | 
     group.add_argument(
         "--device", type=device_arg, default=torch.device("cpu"), help="torch device (default: cpu)"
     )
-    group.add_argument(
-        "--dtype", choices=sorted(DTYPES), help="LM weights dtype (default: bfloat16 on GPU, float32 on CPU)"
-    )
+    group.add_argument("--dtype", choices=sorted(DTYPES), help=f"LM weights dtype (default: {dtype_help})")
 
 
-def checkpoint_kwargs(args: argparse.Namespace, default_repo: str | None) -> dict:
+def checkpoint_kwargs(args: argparse.Namespace) -> dict:
     """Keyword arguments for `*.from_checkpoint` from the flags of `add_checkpoint_options`."""
     check_device(args.device)
-    explicit = args.moshi_weight and args.mimi_weight and args.tokenizer and args.config_path
     return {
-        "hf_repo": args.hf_repo or (None if explicit else default_repo),
+        "hf_repo": args.hf_repo,
         "moshi_weight": args.moshi_weight,
         "mimi_weight": args.mimi_weight,
         "tokenizer": args.tokenizer,

@@ -25,7 +25,7 @@ from dsm.stt.wer import corpus_errors, word_errors
 
 log = logging.getLogger("dsm.cli")
 
-DEFAULT_REPO = "kyutai/stt-1b-en_fr"
+PUBLISHED_REPO = "kyutai/stt-1b-en_fr"  # named in --help; the default is the bundled model
 EXTENSIONS = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
 END_OF_TURN_HEAD = 2  # the DSM script's head index for "end of turn"
 END_OF_TURN_THRESHOLD = 0.5
@@ -44,7 +44,7 @@ def _positive(text: str) -> int:
 def load_transcriber(args: argparse.Namespace) -> Transcriber:
     start = time.perf_counter()
     transcriber = Transcriber.from_checkpoint(
-        **checkpoint_kwargs(args, DEFAULT_REPO), exact=args.exact, temperature=args.temperature
+        **checkpoint_kwargs(args), exact=args.exact, temperature=args.temperature
     )
     log.info("loaded the STT model in %.2f s", time.perf_counter() - start)
     return transcriber
@@ -376,7 +376,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         "--prompt-audio", metavar="FILE", help="audio prompt, fed before the audio (its words cut)"
     )
     _add_decoding_options(stt)
-    add_checkpoint_options(stt, DEFAULT_REPO)
+    add_checkpoint_options(stt, PUBLISHED_REPO, "bfloat16 on GPU, float32 on CPU")
 
     ev = commands.add_parser(
         "eval",
@@ -392,4 +392,4 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     ev.add_argument("--limit", type=_positive, metavar="N", help="only the first N entries")
     ev.add_argument("--no-normalize", action="store_true", help="compare raw lower-cased words")
     _add_decoding_options(ev)
-    add_checkpoint_options(ev, DEFAULT_REPO)
+    add_checkpoint_options(ev, PUBLISHED_REPO, "bfloat16 on GPU, float32 on CPU")

@@ -39,6 +39,7 @@ def register(commands, common: argparse.ArgumentParser) -> None:
         sub.add_argument("--max-steps", type=int, metavar="N", help="override [run].max_steps")
         sub.add_argument("--out-dir", metavar="DIR", help="override [run].out_dir")
         sub.add_argument("--device", metavar="DEVICE", help="override [run].device (cpu, cuda)")
+        sub.add_argument("--threads", type=int, metavar="N", help="override [run].num_threads (CPU threads)")
         sub.set_defaults(func=run_train, train_kind=kind)
 
 
@@ -55,6 +56,10 @@ def run_train(args: argparse.Namespace) -> int:
         cfg.run.out_dir = str(Path(args.out_dir).resolve())
     if args.device:
         cfg.run.device = args.device
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {args.threads}")
+        cfg.run.num_threads = args.threads
     if args.quiet:
         cfg.run.progress = False
     if args.verbose == 0 and not args.quiet:

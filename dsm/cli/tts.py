@@ -18,11 +18,20 @@ import numpy as np
 import torch
 
 from dsm.audio import WRITE_FORMATS, encode_audio, write_audio
-from dsm.cli.common import STDIO, check_device, check_parent, device_arg, label, n_q_arg
+from dsm.cli.common import (
+    STDIO,
+    add_checkpoint_options,
+    check_parent,
+    checkpoint_kwargs,
+    label,
+    n_q_arg,
+    read_input_audio,
+)
+from dsm.codec import load_mimi
 from dsm.errors import DsmError, InputError
-from dsm.tts.checkpoint import DEFAULT_TTS_REPO, TtsCheckpoint
-from dsm.tts.synthesizer import DEFAULT_VOICE, Synthesis, Synthesizer
-from dsm.tts.voices import DEFAULT_VOICE_REPO, available_voices, voice_suffix
+from dsm.tts.checkpoint import DEFAULT_TTS_REPO, DEFAULT_VOICE, TtsCheckpoint
+from dsm.tts.synthesizer import Synthesis, Synthesizer
+from dsm.tts.voices import DEFAULT_VOICE_REPO, available_voices, save_voice, voice_from_audio
 
 TTS_1B6_SUFFIX = ".1e68beda@240.safetensors"
 
@@ -88,16 +97,9 @@ def write_output(path: str, audio: np.ndarray, sample_rate: int) -> None:
 
 
 def load_synthesizer(args: argparse.Namespace) -> Synthesizer:
-    check_device(args.device)
     start = time.perf_counter()
     synth = Synthesizer.from_checkpoint(
-        args.hf_repo,
-        moshi_weight=args.moshi_weight,
-        mimi_weight=args.mimi_weight,
-        tokenizer=args.tokenizer,
-        config_path=args.config_path,
-        device=args.device,
-        dtype=getattr(torch, args.dtype),
+        **checkpoint_kwargs(args),
         voice_repo=args.voice_repo,
         n_q=args.n_q,
         temperature=args.temp,
@@ -110,7 +112,7 @@ def load_synthesizer(args: argparse.Namespace) -> Synthesizer:
 
 def cmd_tts(args: argparse.Namespace) -> int:
     if args.list_voices:
-        voices, where = available_voices(args.voice_repo, _voice_suffix(args))
+        voices, where = available_voices(*_voices_of_model(args))
         print(f"{len(voices)} voices in {where}:")
         for voice in voices:
             print(f"  {voice}")
@@ -124,9 +126,9 @@ def cmd_tts(args: argparse.Namespace) -> int:
         script = [line.strip() for line in text.splitlines() if line.strip()]
         if not script:
             raise InputError(f"{label(args.input)}: the dialog has no turns")
-    voices = args.voice or [DEFAULT_VOICE]
-    voice = voices[0] if len(voices) == 1 else voices
     synth = load_synthesizer(args)
+    voices = args.voice or [synth.default_voice]
+    voice = voices[0] if len(voices) == 1 else voices
     synth.entries(script)  # text errors before any generation
     start = time.perf_counter()
     if args.output == STDIO:
@@ -179,25 +181,59 @@ def play(synth: Synthesizer, script, voice, args: argparse.Namespace) -> Synthes
     return session.result()
 
 
-def _voice_suffix(args: argparse.Namespace) -> str:
-    """The voice-file suffix of the model named by --config-path / --hf-repo (TTS-1.6b's if unknown)."""
-    if args.voice_suffix is not None:
-        return args.voice_suffix
+def _voices_of_model(args: argparse.Namespace) -> tuple[str, str]:
+    """(Voice repo, voice-file suffix) for --list-voices: the flags, else the model's config (TTS-1.6b's
+    suffix when the config cannot be read)."""
+    kwargs = {k: getattr(args, k) for k in ("hf_repo", "moshi_weight", "mimi_weight", "tokenizer")}
     try:
-        config = TtsCheckpoint.resolve(args.hf_repo, config_path=args.config_path).raw_config
+        ckpt = TtsCheckpoint.resolve(**kwargs, config_path=args.config_path)
+        repo, suffix = ckpt.voice_repo, ckpt.voice_suffix
     except DsmError as e:
-        log.info("no model config for the voice suffix (%s); using TTS-1.6b's", e)
-        return TTS_1B6_SUFFIX
-    return voice_suffix(config) or TTS_1B6_SUFFIX
+        log.info("no model config for the voices (%s); using TTS-1.6b's", e)
+        repo, suffix = DEFAULT_VOICE_REPO, TTS_1B6_SUFFIX
+    if args.voice_repo is not None:
+        repo = args.voice_repo
+    return repo, suffix if args.voice_suffix is None else args.voice_suffix
 
 
-def _dtype(text: str) -> str:
-    if text not in ("bfloat16", "float32", "float16"):
-        raise argparse.ArgumentTypeError(f"expected bfloat16, float32 or float16, got {text!r}")
-    return text
+def cmd_voice(args: argparse.Namespace) -> int:
+    """`dsm voice CLIP OUT.safetensors`: a new voice for a TTS model conditioned on its codec's latent."""
+    check_parent(Path(args.output))
+    if not args.output.endswith(".safetensors"):
+        raise InputError(f"{args.output}: a voice file must end in .safetensors")
+    kwargs = checkpoint_kwargs(args)
+    kwargs.pop("device"), kwargs.pop("dtype")
+    ckpt = TtsCheckpoint.resolve(**kwargs)
+    if ckpt.tts_config.voice_seconds is None:
+        raise InputError(
+            f"{ckpt.config_path}: this model's voices come from a speaker encoder dsm does not have "
+            "(Kyutai's TTS models): pick one of its voice repo's voices instead"
+        )
+    seconds = args.seconds or ckpt.tts_config.voice_seconds
+    wav = read_input_audio(args.clip)
+    mimi = load_mimi(ckpt.mimi_weight, config=ckpt.mimi_config, device=args.device)
+    embedding = voice_from_audio(mimi, wav, seconds)
+    save_voice(args.output, embedding)
+    print(f"{args.output}: voice from the first {seconds:g} s of {label(args.clip)}", file=sys.stderr)
+    return 0
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    voice_cmd = commands.add_parser(
+        "voice",
+        parents=[common],
+        help="make a voice file from a clip (dsm's bundled TTS and models trained by `dsm train tts`)",
+        description="Make a voice for a TTS model conditioned on its codec's latent (dsm's bundled model, "
+        "or one trained with `dsm train tts`): the latent of the clip's first seconds. Use it with "
+        "`dsm tts --voice OUT.safetensors`.",
+    )
+    voice_cmd.set_defaults(func=cmd_voice)
+    voice_cmd.add_argument("clip", metavar="CLIP", help="audio of the speaker (any format), or - for stdin")
+    voice_cmd.add_argument("output", metavar="OUT", help="the voice file to write (.safetensors)")
+    voice_cmd.add_argument(
+        "--seconds", type=float, default=None, help="seconds of the clip to use (default: the model's)"
+    )
+    add_checkpoint_options(voice_cmd, DEFAULT_TTS_REPO, "unused")
     parser = commands.add_parser(
         "tts",
         parents=[common],
@@ -214,14 +250,13 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         "--voice",
         action="append",
         metavar="VOICE",
-        help="voice name in --voice-repo, a .safetensors embedding or hf://repo/file "
-        f"(default: {DEFAULT_VOICE}); repeat for the speakers of a --dialog",
+        help="voice name in --voice-repo, a .safetensors embedding or hf://repo/file (default: the "
+        f"model's; {DEFAULT_VOICE} for Kyutai's); repeat for the speakers of a --dialog",
     )
     voice.add_argument(
         "--voice-repo",
-        default=DEFAULT_VOICE_REPO,
         metavar="REPO",
-        help=f"voices repo (default: {DEFAULT_VOICE_REPO})",
+        help=f"voices repo or directory (default: the model's; {DEFAULT_VOICE_REPO} for Kyutai's)",
     )
     voice.add_argument(
         "--dialog", action="store_true", help="each line of INPUT is a turn, alternating speakers"
@@ -235,29 +270,10 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         help="file suffix of the model's voice embeddings, for --list-voices (default: from the model's "
         f"config, else {TTS_1B6_SUFFIX})",
     )
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--hf-repo",
-        default=DEFAULT_TTS_REPO,
-        metavar="REPO",
-        help=f"model repo or directory (default: {DEFAULT_TTS_REPO})",
-    )
-    model.add_argument("--moshi-weight", metavar="PATH", help="LM weights; overrides the repo's")
-    model.add_argument("--mimi-weight", metavar="PATH", help="Mimi weights; overrides the repo's")
-    model.add_argument("--tokenizer", metavar="PATH", help="SentencePiece model; overrides the repo's")
-    model.add_argument("--config-path", metavar="PATH", help="config.json; overrides the repo's")
-    model.add_argument(
-        "--device", type=device_arg, default=torch.device("cpu"), help="torch device (default: cpu)"
-    )
-    model.add_argument(
-        "--dtype",
-        type=_dtype,
-        default="bfloat16",
-        help="LM dtype: bfloat16 (default, as published) or float32",
-    )
+    add_checkpoint_options(parser, DEFAULT_TTS_REPO, "bfloat16")
     gen = parser.add_argument_group("generation")
     gen.add_argument(
-        "--n-q", type=n_q_arg, default=32, metavar="N", help="audio codebooks, 1 to 32 (default 32)"
+        "--n-q", type=n_q_arg, metavar="N", help="audio codebooks, 1 to 32 (default: all of the model's)"
     )
     gen.add_argument(
         "--temp", type=float, default=0.6, help="sampling temperature, 0 for greedy (default 0.6)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -10,7 +11,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dsm.codec.mimi import Mimi, MimiConfig
-from dsm.errors import CheckpointError
+from dsm.errors import CheckpointError, InputError
+
+# A codec directory (`dsm train codec`'s export, dsm's bundled codec): weights and architecture.
+WEIGHTS_NAME = "mimi.safetensors"
+CONFIG_NAME = "mimi_config.json"
 
 # Older names of the same tensors, mapped to the names dsm (and Kyutai's current code) uses.
 _RENAMES = [
@@ -81,25 +86,41 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
     raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
 
 
+def read_mimi_config(path: str | Path) -> MimiConfig:
+    """A codec architecture from a ``mimi_config.json`` file (`MimiConfig.to_dict`'s form)."""
+    path = Path(path)
+    try:
+        return MimiConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, InputError) as e:
+        raise CheckpointError(f"{path}: not a valid Mimi config ({e})") from e
+
+
 def load_mimi(
     source: str | Path,
     config: MimiConfig | None = None,
     device: str | torch.device = "cpu",
-    num_codebooks: int = 32,
+    num_codebooks: int | None = None,
 ) -> Mimi:
-    """Build Mimi and load a Kyutai-layout safetensors checkpoint (a file path), in float32, eval mode.
+    """Build Mimi and load a Kyutai-layout safetensors checkpoint, in float32, eval mode.
 
-    The model is built on the meta device, so no time is spent on random initialisation. Parameters
+    ``source`` is a weights file, or a codec directory holding ``mimi.safetensors`` and, for another
+    architecture than Kyutai's, ``mimi_config.json`` (what `dsm train codec` exports); an explicit
+    ``config`` wins. The model is built on the meta device, so no time is spent on random
+    initialisation. ``num_codebooks`` (default: all) is how many codebooks `encode` returns. Parameters
     come frozen (inference); call `requires_grad_(True)` to fine-tune.
     """
     source = Path(source)
+    if source.is_dir():
+        if config is None and (source / CONFIG_NAME).is_file():
+            config = read_mimi_config(source / CONFIG_NAME)
+        source = source / WEIGHTS_NAME
     state = normalize_keys(read_safetensors(source))
     with torch.device("meta"):
         model = Mimi(config or MimiConfig())
     check_state_dict(model, state, str(source))
     state = {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
-    model.set_num_codebooks(num_codebooks)
+    model.set_num_codebooks(model.total_codebooks if num_codebooks is None else num_codebooks)
     return model.eval().requires_grad_(False)
 
 

@@ -11,7 +11,8 @@ equal the one-shot ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +43,37 @@ class MimiConfig:
     n_q_semantic: int = 1
     codebook_dim: int = 256
     bins: int = 2048
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> MimiConfig:
+        """A config from a table of its fields, SeanetConfig fields in a ``seanet`` sub-table (the form of
+        `to_dict`, of the training configs' ``[codec.arch]`` and of config.json's ``mimi_config``)."""
+        if not isinstance(raw, dict):
+            raise InputError(f"Mimi config: expected a table of fields, got {type(raw).__name__}")
+        raw = dict(raw)
+        seanet_raw = dict(raw.pop("seanet", {}))
+        known = {f.name for f in fields(cls)} - {"seanet"}
+        seanet_known = {f.name for f in fields(SeanetConfig)}
+        bad = sorted(set(raw) - known) + [f"seanet.{k}" for k in sorted(set(seanet_raw) - seanet_known)]
+        if bad:
+            raise InputError(f"unknown Mimi config keys: {', '.join(bad)}")
+        if "ratios" in seanet_raw:
+            seanet_raw["ratios"] = tuple(seanet_raw["ratios"])
+        try:
+            cfg = cls(seanet=SeanetConfig(**seanet_raw), **raw)
+        except TypeError as e:
+            raise InputError(f"Mimi config: {e}") from e
+        if cfg.sample_rate % cfg.seanet.hop_length or cfg.encoder_frame_rate % cfg.frame_rate:
+            raise InputError(
+                "Mimi config: the SEANet hop must divide the sample rate into a multiple of the frame rate"
+            )
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON/TOML values (`from_dict` reads them back)."""
+        out = asdict(self)
+        out["seanet"]["ratios"] = list(self.seanet.ratios)
+        return out
 
     @property
     def channels(self) -> int:

@@ -204,11 +204,9 @@ def mimi_config_from_table(table: dict[str, Any] | None, where: str) -> MimiConf
     the training configs write them), or None for Kyutai's codec."""
     if not table:
         return None
-    from dsm.train.codec import mimi_config_from_dict
-
     try:
-        return mimi_config_from_dict(table)
-    except (InputError, TypeError) as e:
+        return MimiConfig.from_dict(table)
+    except InputError as e:
         raise InputError(f"{where}.mimi_config: {e}") from e
 
 
@@ -219,6 +217,7 @@ def load_asr_model(cfg: AsrModuleConfig, device: str | None = None) -> AsrModel:
     dtype = parse_dtype(cfg.dtype_override, dev)
     stt: dict[str, Any] = {}
     top_k = 50
+    mimi_config = None
     if cfg.hf_repo is not None:
         ckpt = SttCheckpoint.resolve(
             cfg.hf_repo,
@@ -234,6 +233,7 @@ def load_asr_model(cfg: AsrModuleConfig, device: str | None = None) -> AsrModel:
             ckpt.tokenizer,
         )
         stt = dict(ckpt.raw_config.get("stt_config") or {})
+        mimi_config = ckpt.mimi_config
         top_k = int(ckpt.lm_gen_config.get("top_k_text", top_k))
     else:
         weights, mimi_file, tok_file = (
@@ -259,7 +259,7 @@ def load_asr_model(cfg: AsrModuleConfig, device: str | None = None) -> AsrModel:
     lm = _load_lm(weights, lm_config, dev, dtype)
     mimi = load_mimi(
         mimi_file,
-        config=mimi_config_from_table(cfg.mimi_config, where),
+        config=mimi_config_from_table(cfg.mimi_config, where) or mimi_config,
         device=dev,
         num_codebooks=lm_config.n_q,
     )

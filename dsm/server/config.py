@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsm.bundled import bundled
 from dsm.errors import CheckpointError, InputError
+
+BUNDLED = "bundled"  # as `hf_repo`: dsm's bundled English model of the module's kind (dsm.bundled)
 
 try:
     import tomllib
@@ -173,15 +176,15 @@ class AsrModuleConfig:
     """A `BatchedAsr` module.
 
     dsm extensions (all optional): `hf_repo` (a hub repo or local model directory: files and architecture
-    from its config.json), `config_file` (a Kyutai config.json instead of the `model` table), `device`
-    (`auto`, `cpu`, `cuda`...), `exact` (reference kernels, bit-exact with offline transcription),
-    `mimi_config` (a table of `MimiConfig` fields for non-standard codecs), `audio_silence_prefix_seconds`
-    and `audio_delay_seconds` (the offline recipe of the REST endpoints; default: the model's
-    `stt_config`, else 0 and `asr_delay_in_tokens / 12.5`), `idle_timeout_s` (120: no binary message),
-    `max_session_s` (0: unlimited), `max_message_bytes` (16 MiB), `max_buffered_s` (60 s of audio
-    queued per session before the server stops reading that client), `post_slot_wait_s` (100: how long a
-    POST waits for a free slot), `openai_path` (default: `/v1/audio/transcriptions` for the first ASR
-    module; "" disables it).
+    from its config.json; `"bundled"`: dsm's bundled English STT), `config_file` (a Kyutai
+    config.json instead of the `model` table), `device` (`auto`, `cpu`, `cuda`...), `exact` (reference
+    kernels, bit-exact with offline transcription), `mimi_config` (a table of `MimiConfig` fields for
+    non-standard codecs), `audio_silence_prefix_seconds` and `audio_delay_seconds` (the offline recipe of
+    the REST endpoints; default: the model's `stt_config`, else 0 and `asr_delay_in_tokens / 12.5`),
+    `idle_timeout_s` (120: no binary message), `max_session_s` (0: unlimited), `max_message_bytes` (16
+    MiB), `max_buffered_s` (60 s of audio queued per session before the server stops reading that client),
+    `post_slot_wait_s` (100: how long a POST waits for a free slot), `openai_path` (default:
+    `/v1/audio/transcriptions` for the first ASR module; "" disables it).
     """
 
     name: str
@@ -236,6 +239,8 @@ class AsrModuleConfig:
             type=kind,
         )
         cfg._extensions(t)
+        if cfg.hf_repo == BUNDLED:
+            cfg.hf_repo = str(bundled("stt"))
         if cfg.hf_repo is None:
             missing = [
                 k
@@ -284,12 +289,13 @@ class AsrModuleConfig:
 
 @dataclass
 class TtsModuleConfig:
-    """A `Py` (TTS) module: `path`, `batch_size`, `text_tokenizer_file`, `text_bos_token` and the `py`
-    table (tts.py's `Config`: `hf_repo`, `voice_folder`, `default_voice`, `cfg_coef`, `n_q`, `temp`,
-    padding settings...). dsm extensions: `device`, `openai_path` (default: `/v1/audio/speech` for the
-    first TTS module; "" disables it), `idle_timeout_s` (30: no message while the session waits for
-    text), `max_session_s` (0: unlimited), `max_message_bytes`, `post_slot_wait_s` (100), `exact`,
-    `dtype_override` (`bf16` default, `f32`), `mimi_config` (as for `BatchedAsr`)."""
+    """A `Py` (TTS) module: `path`, `batch_size`, `text_tokenizer_file`, `text_bos_token` and the `py` table
+    (tts.py's `Config`: `hf_repo` (`"bundled"`: dsm's bundled English TTS),
+    `voice_folder`, `default_voice`, `cfg_coef`, `n_q`, `temp`, padding settings...). dsm extensions:
+    `device`, `openai_path` (default: `/v1/audio/speech` for the first TTS module; "" disables it),
+    `idle_timeout_s` (30: no message while the session waits for text), `max_session_s` (0: unlimited),
+    `max_message_bytes`, `post_slot_wait_s` (100), `exact`, `dtype_override` (`bf16` default, `f32`),
+    `mimi_config` (as for `BatchedAsr`)."""
 
     name: str
     path: str

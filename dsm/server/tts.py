@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 
-from dsm.engine.generator import LMGen
 from dsm.server.metrics import PY_CONNECTION_STEPS_BUCKETS, PY_STEP_BUCKETS, Registry
 from dsm.tts.script import PAD, ZERO, ScriptParser, has_speech, normalize_text
 from dsm.tts.synthesizer import FRAME_RATE, Synthesizer
@@ -136,20 +135,11 @@ class BatchedTts:
         self.device = lm.device
         condition_sum, condition_cross = synth._conditions([default_voice] * batch_size)
         sampling = synth.temperature > 0
-        self.gen = LMGen(
-            lm,
+        self.gen = synth.make_generator(
             batch_size,
-            temp=synth.temperature,
-            temp_text=synth.temperature,
-            top_k=synth.top_k,
-            top_k_text=synth.top_k_text,
-            cfg_coef=synth.cfg_coef if synth._real_cfg else 1.0,
-            cfg_is_no_text=True,
-            condition_sum=condition_sum,
-            condition_cross=condition_cross,
+            condition_sum,
+            condition_cross,
             seeds=[random.getrandbits(63) for _ in range(batch_size)] if sampling else None,
-            dep_q=synth.n_q,
-            exact=synth.exact,
             on_text_logits=self._on_text_logits,
             on_text=self._on_text,
             on_audio=self._on_audio,
@@ -405,6 +395,7 @@ class BatchedTts:
         self.decoder.reset([i])
         condition_sum, condition_cross = self.synth._conditions([s.voice])
         self.gen.set_conditions([i], condition_sum, condition_cross)
+        self.synth.refresh_cross(self.gen)
 
     def _stop_step(self, s: TtsSession) -> int:
         return s.state.end_step + self.synth.delay_steps + self.synth.final_padding

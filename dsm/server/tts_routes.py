@@ -28,9 +28,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from dsm.audio import encode_audio
 from dsm.audio.opus import OpusStreamEncoder
+from dsm.bundled import bundled
 from dsm.errors import DsmError
 from dsm.server.asr_model import mimi_config_from_table, parse_dtype, pick_device
-from dsm.server.config import TtsModuleConfig, resolve_snapshot
+from dsm.server.config import BUNDLED, TtsModuleConfig, resolve_snapshot
 from dsm.server.context import ServerContext
 from dsm.server.logs import event
 from dsm.server.protocol import (
@@ -45,6 +46,7 @@ from dsm.server.protocol import (
 )
 from dsm.server.tts import BatchedTts, TtsSession
 from dsm.server.ws import Ending, SessionSocket
+from dsm.tts.checkpoint import DEFAULT_TTS_REPO, DEFAULT_VOICE
 from dsm.tts.synthesizer import Synthesizer
 
 __all__ = ["TtsService"]
@@ -123,7 +125,7 @@ class TtsService:
         if "voice_folder" in py:
             options["voice_repo"] = str(resolve_snapshot(str(py["voice_folder"]), f"{where}.voice_folder"))
         synth = Synthesizer.from_checkpoint(
-            py.get("hf_repo", "kyutai/tts-1.6b-en_fr"),
+            bundled("tts") if py.get("hf_repo") == BUNDLED else py.get("hf_repo", DEFAULT_TTS_REPO),
             moshi_weight=py.get("moshi_weight"),
             mimi_weight=py.get("mimi_weight"),
             tokenizer=py.get("tokenizer") or cfg.text_tokenizer_file,
@@ -134,7 +136,11 @@ class TtsService:
             exact=cfg.exact,
             **options,
         )
-        default_voice = str(py.get("default_voice", "barack_demo.wav"))
+        # the reference server's default voice, unless the model's config names its own
+        model_voice = synth.default_voice != DEFAULT_VOICE
+        default_voice = str(
+            py.get("default_voice") or (synth.default_voice if model_voice else "barack_demo.wav")
+        )
         try:
             synth.voice_embedding(default_voice)
         except DsmError as e:

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsm.errors import CheckpointError
+from dsm.bundled import bundled
+from dsm.codec import MimiConfig
+from dsm.errors import CheckpointError, InputError
 from dsm.hub import MIMI_FILENAMES, first_found, resolve_reference
 from dsm.lm.config import LMConfig
 
@@ -67,6 +69,18 @@ class SttCheckpoint:
         return SttConfig.from_dict(self.raw_config.get("stt_config"))
 
     @property
+    def mimi_config(self) -> MimiConfig | None:
+        """The codec architecture from config.json's ``mimi_config`` (dsm's models trained on a smaller
+        codec write it), or None for Kyutai's Mimi."""
+        raw = self.raw_config.get("mimi_config")
+        if raw is None:
+            return None
+        try:
+            return MimiConfig.from_dict(raw)
+        except InputError as e:
+            raise CheckpointError(f"{self.config_path}: mimi_config: {e}") from e
+
+    @property
     def lm_gen_config(self) -> dict[str, Any]:
         return dict(self.raw_config.get("lm_gen_config") or {})
 
@@ -80,7 +94,10 @@ class SttCheckpoint:
         tokenizer: str | Path | None = None,
         config_path: str | Path | None = None,
     ) -> SttCheckpoint:
-        """Resolve every file; a missing one raises `CheckpointError` naming it and how to get it."""
+        """Resolve every file; a missing one raises `CheckpointError` naming it and how to get it. With
+        nothing named at all: dsm's bundled English STT model."""
+        if hf_repo is None and not (moshi_weight or mimi_weight or tokenizer or config_path):
+            hf_repo = bundled("stt")
         repo = None if hf_repo is None else str(hf_repo)
         if config_path is not None:
             config_file = resolve_reference(config_path)

@@ -190,9 +190,11 @@ class Transcriber:
         exact: bool = False,
         temperature: float = 0.0,
     ) -> Transcriber:
-        """Load from a hub repo / model directory and/or explicit files (see `SttCheckpoint.resolve`).
+        """Load from a hub repo / model directory and/or explicit files (see `SttCheckpoint.resolve`);
+        with none of them, dsm's bundled English model (`dsm.bundled`, offline).
 
-        ``dtype`` is the LM's (default bfloat16 on GPU, float32 on CPU); Mimi runs in float32.
+        ``dtype`` is the LM's (default bfloat16 on GPU, float32 on CPU); Mimi runs in float32, with the
+        architecture ``mimi_config``, else the config's, else Kyutai's.
         """
         ckpt = SttCheckpoint.resolve(
             hf_repo,
@@ -206,6 +208,7 @@ class Transcriber:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         lm_config = ckpt.lm_config
         tok = load_tokenizer(ckpt.tokenizer)
+        mimi_config = mimi_config or ckpt.mimi_config
         mimi = load_mimi(ckpt.mimi_weight, config=mimi_config, device=device, num_codebooks=lm_config.n_q)
         lm = load_lm(ckpt.moshi_weight, lm_config, device=device, dtype=dtype)
         top_k = int(ckpt.lm_gen_config.get("top_k_text", 50))

@@ -11,14 +11,13 @@ codebooks (1..n_q) so that every prefix of codebooks decodes.
 Losses: multi-scale mel (L1 on mel and log-mel magnitudes at each STFT size of ``mel_scales``), waveform
 L1, commitment; with ``adversarial_weight`` > 0 also a multi-scale STFT discriminator (hinge loss) and
 feature matching. The export writes ``mimi.safetensors`` in Kyutai's layout (`dsm.codec.load_mimi` reads
-it) and ``mimi_config.json`` (the architecture, for `mimi_config_from_dict`).
+it) and ``mimi_config.json`` (the architecture, for `MimiConfig.from_dict`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,8 @@ from torch.nn import functional as F
 
 from dsm.audio import read_audio
 from dsm.codec import Mimi, MimiConfig, load_mimi, save_mimi
+from dsm.codec.loader import CONFIG_NAME, WEIGHTS_NAME
 from dsm.codec.quantizer import ResidualVQ
-from dsm.codec.seanet import SeanetConfig
 from dsm.errors import InputError
 from dsm.train.config import TrainConfig
 from dsm.train.data.manifest import manifest_root, read_manifest
@@ -41,31 +40,6 @@ from dsm.train.loop import DistInfo, TrainTask
 log = logging.getLogger("dsm.train")
 
 _DEAD_USAGE = 1e-2  # EMA usage under which a codeword is re-seeded from the batch
-
-
-def mimi_config_from_dict(raw: dict[str, Any]) -> MimiConfig:
-    """A MimiConfig from a table of its fields, with SeanetConfig fields in a ``seanet`` sub-table."""
-    raw = dict(raw)
-    seanet_raw = dict(raw.pop("seanet", {}))
-    known = {f.name for f in fields(MimiConfig)} - {"seanet"}
-    seanet_known = {f.name for f in fields(SeanetConfig)}
-    bad = sorted(set(raw) - known) + [f"seanet.{k}" for k in sorted(set(seanet_raw) - seanet_known)]
-    if bad:
-        raise InputError(f"unknown Mimi config keys: {', '.join(bad)}")
-    if "ratios" in seanet_raw:
-        seanet_raw["ratios"] = tuple(seanet_raw["ratios"])
-    cfg = MimiConfig(seanet=SeanetConfig(**seanet_raw), **raw)
-    if cfg.sample_rate % cfg.seanet.hop_length or cfg.encoder_frame_rate % cfg.frame_rate:
-        raise InputError(
-            "Mimi config: the SEANet hop must divide the sample rate into a multiple of the frame rate"
-        )
-    return cfg
-
-
-def mimi_config_to_dict(cfg: MimiConfig) -> dict[str, Any]:
-    out = asdict(cfg)
-    out["seanet"]["ratios"] = list(cfg.seanet.ratios)
-    return out
 
 
 # -- mel loss ---------------------------------------------------------------------------------------------
@@ -92,15 +66,28 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
 
 
 class MultiScaleMelLoss(nn.Module):
-    """Mean over STFT sizes of L1(mel) + L1(log mel) between two waveforms [B, 1, T]."""
+    """Mean over STFT sizes of L1(mel) + L1(log mel) between two waveforms [B, 1, T].
 
-    def __init__(self, sample_rate: int, scales: list[int], n_mels: int):
+    The log takes ``log(mel + floor)``. With ``floor_db`` None the floor is 1e-5 for every bin; with a
+    level in dBFS it is, per mel bin and STFT size, the magnitude white noise of that level would have,
+    so that differences under that noise floor (the exact digital silence of synthetic speech against a
+    faint hiss) cost nothing instead of dominating the loss."""
+
+    def __init__(self, sample_rate: int, scales: list[int], n_mels: int, floor_db: float | None = None):
         super().__init__()
         self.scales = list(scales)
         for n_fft in self.scales:
             mels = min(n_mels, n_fft // 4)
-            self.register_buffer(f"fb_{n_fft}", mel_filterbank(n_fft, mels, sample_rate), persistent=False)
-            self.register_buffer(f"win_{n_fft}", torch.hann_window(n_fft), persistent=False)
+            fb = mel_filterbank(n_fft, mels, sample_rate)
+            window = torch.hann_window(n_fft)
+            if floor_db is None:
+                floor = torch.full((mels, 1), 1e-5)
+            else:  # white noise of std s has an expected STFT magnitude of ~s * ||window|| per bin
+                floor = 10 ** (floor_db / 20) * window.norm() * fb.sum(1, keepdim=True)
+                floor = floor.clamp(min=1e-5)  # (mel bins narrower than one STFT bin are empty)
+            self.register_buffer(f"fb_{n_fft}", fb, persistent=False)
+            self.register_buffer(f"win_{n_fft}", window, persistent=False)
+            self.register_buffer(f"floor_{n_fft}", floor, persistent=False)
 
     def mel(self, wav: torch.Tensor, n_fft: int) -> torch.Tensor:
         spec = torch.stft(
@@ -117,7 +104,8 @@ class MultiScaleMelLoss(nn.Module):
         total = pred.new_zeros((), dtype=torch.float32)
         for n_fft in self.scales:
             a, b = self.mel(pred, n_fft), self.mel(target, n_fft)
-            total = total + F.l1_loss(a, b) + F.l1_loss(torch.log(a + 1e-5), torch.log(b + 1e-5))
+            floor = getattr(self, f"floor_{n_fft}")
+            total = total + F.l1_loss(a, b) + F.l1_loss(torch.log(a + floor), torch.log(b + floor))
         return total / len(self.scales)
 
 
@@ -240,15 +228,14 @@ class CodecTrainModule(nn.Module):
         self.mimi = mimi
         c = cfg.codec
         self.c = c
-        self.mel_loss = MultiScaleMelLoss(mimi.sample_rate, c.mel_scales, c.mel_bins)
+        self.mel_loss = MultiScaleMelLoss(mimi.sample_rate, c.mel_scales, c.mel_bins, c.mel_floor_db)
         self._disc = [discriminator]  # not a submodule: it has its own optimizer and checkpoint entry
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def reconstruct(self, wav: torch.Tensor, n_q: int, update: bool) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.mimi
-        emb = m.encoder(wav)
-        emb = m.encoder_transformer(emb)
-        latent = m.downsample(emb)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.c.decoder_only):
+            latent = m.downsample(m.encoder_transformer(m.encoder(wav)))
         quant = m.quantizer
         first, commit = train_rvq(quant.rvq_first, latent, quant.n_q_semantic, self.c.ema_decay, update)
         out = first
@@ -267,7 +254,7 @@ class CodecTrainModule(nn.Module):
         n_q = n_total
         if self.training and self.c.quantizer_dropout:
             n_q = int(torch.randint(1, n_total + 1, ()))
-        y, commit = self.reconstruct(wav, n_q, update=self.training)
+        y, commit = self.reconstruct(wav, n_q, update=self.training and not self.c.decoder_only)
         y = y[..., : wav.shape[-1]]
         mel = self.mel_loss(y, wav)
         wave = F.l1_loss(y.float(), wav.float())
@@ -306,7 +293,7 @@ class CodecTask(TrainTask):
         self.info = info
         c = cfg.codec
         device = info.device
-        arch = mimi_config_from_dict(c.arch)
+        arch = MimiConfig.from_dict(c.arch)
         if c.init:
             self.mimi = load_mimi(cfg.path(c.init), config=arch, device=device)
         else:
@@ -316,6 +303,14 @@ class CodecTask(TrainTask):
                 if hasattr(module, "_initialized"):
                     module._initialized.fill_(0.0)  # seeded from the first batch
         self.mimi.float().train().requires_grad_(True)
+        if c.decoder_only:
+            if not c.init:
+                raise InputError(f"{cfg.source}: [codec].decoder_only needs the codec to start from (init)")
+            m = self.mimi
+            for part in (m.encoder, m.encoder_transformer, m.downsample, m.quantizer):
+                part.requires_grad_(False)
+            for rvq in (m.quantizer.rvq_first, m.quantizer.rvq_rest):  # codes -> latent: decoder side
+                rvq.output_proj.requires_grad_(True)
         self.segment = int(round(c.segment_seconds * self.mimi.frame_rate)) * self.mimi.frame_size
         if self.segment < self.mimi.frame_size:
             raise InputError(f"{cfg.source}: [codec].segment_seconds must cover at least one 80 ms frame")
@@ -434,8 +429,6 @@ class CodecTask(TrainTask):
 
     def export(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_mimi(self.mimi, out_dir / "mimi.safetensors")
-        (out_dir / "mimi_config.json").write_text(
-            json.dumps(mimi_config_to_dict(self.mimi.cfg), indent=2) + "\n"
-        )
+        save_mimi(self.mimi, out_dir / WEIGHTS_NAME)
+        (out_dir / CONFIG_NAME).write_text(json.dumps(self.mimi.cfg.to_dict(), indent=2) + "\n")
         log.info("exported the codec to %s", out_dir)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from dsm.audio import read_audio
 from dsm.codec import Mimi
 from dsm.errors import AudioError
+from dsm.tts.voices import voice_from_audio
 
 _CHUNK = 1 << 20
 
@@ -130,11 +131,6 @@ class CodesCache:
             self.hits += 1
             return cached
         self.misses += 1
-        wav = self._wav(path)
-        frame = self.mimi.frame_size
-        length = max(1, round(seconds * self.mimi.frame_rate)) * frame
-        wav = torch.nn.functional.pad(wav[:length], (0, max(0, length - wav.shape[0])))
-        with torch.no_grad():
-            latent = self.mimi.encode_to_latent(wav.view(1, 1, -1).to(self.device))[0].t().cpu()
-        self._store(entry, latent.float())
-        return latent.float()
+        latent = voice_from_audio(self.mimi, self._wav(path), seconds)[0].t().contiguous()
+        self._store(entry, latent)
+        return latent

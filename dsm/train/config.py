@@ -140,6 +140,10 @@ class CodecTrainConfig:
     quantizer_dropout: bool = True
     mel_bins: int = 64
     mel_scales: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024, 2048])
+    mel_floor_db: float | None = None  # log-mel floor as a white-noise level in dBFS (None: 1e-5)
+    # train only the decoder side (upsample, decoder transformer, SEANet decoder) of the ``init`` codec:
+    # its codes stay exactly as they were, so models trained on them keep working with the better decoder
+    decoder_only: bool = False
 
 
 @dataclass

@@ -14,13 +14,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from dsm.codec import Mimi, load_mimi
+from dsm.codec import Mimi, MimiConfig, load_mimi
 from dsm.errors import CheckpointError, InputError
 from dsm.hub import resolve_reference
 from dsm.lm import LMConfig, LMModel, build_lm, load_lm
 from dsm.nn.transformer import Attention
 from dsm.stt.checkpoint import SttCheckpoint, load_tokenizer
-from dsm.train.codec import mimi_config_from_dict
 from dsm.train.codes_cache import CodesCache
 from dsm.train.config import TrainConfig
 from dsm.train.dataset import BatchOrder, LMItem, attach_codes, eval_batches, load_items
@@ -123,7 +122,7 @@ def load_setup(cfg: TrainConfig, device: torch.device) -> LMSetup:
             f"{tok_path}: the tokenizer has {tokenizer.vocab_size()} pieces but the model's text_card is "
             f"{lm.cfg.text_card}"
         )
-    mimi_cfg = mimi_config_from_dict(m.mimi_config) if m.mimi_config else None
+    mimi_cfg = MimiConfig.from_dict(m.mimi_config) if m.mimi_config else None
     audio_rows = max(lm.cfg.n_q, 1)
     mimi = load_mimi(mimi_path, config=mimi_cfg, device=device, num_codebooks=min(audio_rows, 32))
     if lm.cfg.n_q > mimi.total_codebooks:
@@ -300,6 +299,9 @@ class LMTask(TrainTask):
 
     def export(self, out_dir: Path) -> None:
         dtype = torch.bfloat16 if self.cfg.model.export_dtype == "bfloat16" else torch.float32
+        updates = self.export_updates()
+        if self.setup.mimi.cfg != MimiConfig():  # not Kyutai's codec: loaders need its architecture
+            updates["mimi_config"] = self.setup.mimi.cfg.to_dict()
         export_lm(
             self.lm,
             self.setup.raw_config,
@@ -307,7 +309,7 @@ class LMTask(TrainTask):
             tokenizer=self.setup.tokenizer_path,
             mimi_weight=self.setup.mimi_path,
             dtype=dtype,
-            updates=self.export_updates(),
+            updates=updates,
         )
         log.info("exported the trained model to %s", out_dir)
 

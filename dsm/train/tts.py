@@ -23,10 +23,9 @@ from typing import Any
 
 import torch
 
-from dsm.codec import load_mimi
+from dsm.codec import MimiConfig, load_mimi
 from dsm.errors import InputError
 from dsm.lm.conditioners import ConditionAttributes, LUTConditioner, TensorCondition, TensorConditioner
-from dsm.train.codec import mimi_config_from_dict
 from dsm.train.codes_cache import CodesCache
 from dsm.train.dataset import LMItem
 from dsm.train.lm_task import LMTask
@@ -41,9 +40,7 @@ class TtsTask(LMTask):
 
     def check_model(self) -> None:
         if self.lm.cfg.dep_q < 1:
-            raise InputError(
-                f"{self.cfg.source}: the TTS trainer needs a model with a depformer (dep_q > 0)"
-            )
+            raise InputError(f"{self.cfg.source}: the TTS trainer needs a model with a depformer (dep_q > 0)")
 
     def configure(self) -> None:
         t = self.cfg.tts
@@ -92,7 +89,7 @@ class TtsTask(LMTask):
         t = self.cfg.tts
         voice_mimi = self.setup.mimi
         if t.voice_mimi:
-            cfg = mimi_config_from_dict(self.cfg.model.mimi_config) if self.cfg.model.mimi_config else None
+            cfg = MimiConfig.from_dict(self.cfg.model.mimi_config) if self.cfg.model.mimi_config else None
             voice_mimi = load_mimi(self.cfg.path(t.voice_mimi), config=cfg, device=self.device)
         dim = self.lm.condition_provider.conditioners[self.voice_names[0]].dim
         if voice_mimi.cfg.dimension != dim:
@@ -169,4 +166,6 @@ class TtsTask(LMTask):
         raw.update(
             audio_delay=self.audio_delay, second_stream_ahead=self.ahead, max_speakers=self.max_speakers
         )
+        if self.voice_names:  # voices are codec latents of this many seconds (`dsm voice` makes them)
+            raw["voice_seconds"] = self.cfg.tts.voice_seconds
         return {"model_type": "tts", "tts_config": raw}

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dsm.bundled import bundled
 from dsm.errors import CheckpointError
 from dsm.hub import resolve_reference
 from dsm.lm.config import LMConfig
 from dsm.stt.checkpoint import SttCheckpoint
 from dsm.tts.script import FRAME_RATE
-from dsm.tts.voices import voice_suffix
+from dsm.tts.voices import DEFAULT_VOICE_REPO, voice_suffix
 
 DEFAULT_TTS_REPO = "kyutai/tts-1.6b-en_fr"
+DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"  # in kyutai/tts-voices
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class TtsConfig:
     second_stream_ahead: int = 0  # words of lookahead on the second text stream
     max_speakers: int = 5  # voice slots of the cross-attention condition
     multistream: bool = False
+    # dsm extension: voices are the codec latent of this many seconds of a clip (dsm's TTS recipe), so
+    # `dsm voice` can make new ones; None for Kyutai's models (an unreleased speaker encoder)
+    voice_seconds: float | None = None
 
     @property
     def delay_steps(self) -> int:
@@ -43,10 +48,16 @@ class TtsConfig:
                 second_stream_ahead=int(raw.get("second_stream_ahead", 0)),
                 max_speakers=int(raw.get("max_speakers", 5)),
                 multistream=bool(raw.get("multistream", False)),
+                voice_seconds=None if raw.get("voice_seconds") is None else float(raw["voice_seconds"]),
             )
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"config: invalid tts_config {raw!r} ({e})") from e
-        if out.audio_delay < 0 or out.second_stream_ahead < 0 or out.max_speakers < 1:
+        if (
+            out.audio_delay < 0
+            or out.second_stream_ahead < 0
+            or out.max_speakers < 1
+            or (out.voice_seconds is not None and out.voice_seconds <= 0)
+        ):
             raise CheckpointError(f"config: invalid tts_config {raw!r}")
         if out.multistream:
             raise CheckpointError("config: multistream TTS models are not supported")
@@ -54,21 +65,12 @@ class TtsConfig:
 
 
 @dataclass(frozen=True)
-class TtsCheckpoint:
-    """Resolved local paths of a TTS checkpoint, plus its parsed config."""
-
-    moshi_weight: Path
-    mimi_weight: Path
-    tokenizer: Path
-    config_path: Path
-    raw_config: dict[str, Any]
+class TtsCheckpoint(SttCheckpoint):
+    """Resolved local paths of a TTS checkpoint, plus its parsed config (the files as for STT)."""
 
     @property
     def lm_config(self) -> LMConfig:
-        try:
-            cfg = LMConfig.from_kyutai(self.raw_config)
-        except CheckpointError as e:
-            raise CheckpointError(f"{self.config_path}: {e}") from e
+        cfg = super().lm_config
         if cfg.dep_q == 0:
             raise CheckpointError(f"{self.config_path}: not a TTS model (it generates no audio, dep_q = 0)")
         return cfg
@@ -84,6 +86,21 @@ class TtsCheckpoint:
     def voice_suffix(self) -> str:
         return voice_suffix(self.raw_config)
 
+    @property
+    def voice_repo(self) -> str:
+        """The config's ``voice_repo`` (a dsm extension: a directory beside config.json, or a hub repo),
+        else Kyutai's voices repo."""
+        name = self.raw_config.get("voice_repo")
+        if not name:
+            return DEFAULT_VOICE_REPO
+        local = self.config_path.parent / str(name)
+        return str(local) if local.is_dir() else str(name)
+
+    @property
+    def default_voice(self) -> str:
+        """The config's ``default_voice`` (a dsm extension), else dsm's default Kyutai voice."""
+        return str(self.raw_config.get("default_voice") or DEFAULT_VOICE)
+
     @classmethod
     def resolve(
         cls,
@@ -94,7 +111,10 @@ class TtsCheckpoint:
         tokenizer: str | Path | None = None,
         config_path: str | Path | None = None,
     ) -> TtsCheckpoint:
-        """Resolve every file; a missing one raises `CheckpointError` naming it and how to get it."""
+        """Resolve every file; a missing one raises `CheckpointError` naming it and how to get it. With
+        nothing named at all: dsm's bundled English TTS model."""
+        if hf_repo is None and not (moshi_weight or mimi_weight or tokenizer or config_path):
+            hf_repo = bundled("tts")
         if config_path is None:
             if hf_repo is None:
                 raise CheckpointError(

@@ -36,7 +36,7 @@ from dsm.lm.conditioners import ConditionAttributes, LUTConditioner
 from dsm.lm.model import LMModel
 from dsm.nn.transformer import cpu_attention_dtype
 from dsm.stt.checkpoint import load_tokenizer
-from dsm.tts.checkpoint import DEFAULT_TTS_REPO, TtsCheckpoint, TtsConfig
+from dsm.tts.checkpoint import DEFAULT_VOICE, TtsCheckpoint, TtsConfig
 from dsm.tts.script import (
     FRAME_RATE,
     PAD,
@@ -56,7 +56,6 @@ __all__ = ["AudioChunk", "Synthesis", "Synthesizer", "TtsStream", "WordTiming"]
 
 SAMPLE_RATE = 24_000
 FRAME_SIZE = 1920
-DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"
 
 Voice = str | os.PathLike | torch.Tensor  # a voice name, a .safetensors path, or an embedding [T, 512]
 VoiceSpec = Voice | Sequence[Voice]  # one voice, or one per speaker of a dialog (main first)
@@ -128,6 +127,7 @@ class Synthesizer:
         *,
         voice_suffix: str = "",
         voice_repo: str = DEFAULT_VOICE_REPO,
+        default_voice: Voice = DEFAULT_VOICE,
         n_q: int | None = None,
         temperature: float = 0.6,
         top_k: int = 250,
@@ -164,6 +164,7 @@ class Synthesizer:
         self.mimi, self.lm, self.tokenizer = mimi, lm, tokenizer
         self.tts_config = tts_config
         self.voice_suffix, self.voice_repo = voice_suffix, voice_repo
+        self.default_voice = default_voice
         self.n_q = n_q
         self.temperature, self.top_k, self.top_k_text = temperature, top_k, top_k_text
         self.cfg_coef = cfg_coef
@@ -188,7 +189,7 @@ class Synthesizer:
     @classmethod
     def from_checkpoint(
         cls,
-        hf_repo: str | Path | None = DEFAULT_TTS_REPO,
+        hf_repo: str | Path | None = None,
         *,
         moshi_weight: str | Path | None = None,
         mimi_weight: str | Path | None = None,
@@ -199,10 +200,13 @@ class Synthesizer:
         mimi_config: MimiConfig | None = None,
         **options: Any,
     ) -> Synthesizer:
-        """Load from a hub repo / model directory and/or explicit files (see `TtsCheckpoint.resolve`).
+        """Load from a hub repo / model directory and/or explicit files (see `TtsCheckpoint.resolve`);
+        with none of them, dsm's bundled English model (`dsm.bundled`, offline, with its own voices).
 
-        `dtype` is the LM's (default bfloat16, as Kyutai ships and runs it); Mimi runs in float32.
-        Other keyword arguments are the constructor's (n_q, temperature, cfg_coef, voice_repo, ...).
+        `dtype` is the LM's (default bfloat16, as Kyutai ships and runs it); Mimi runs in float32, with
+        the architecture ``mimi_config``, else the config's, else Kyutai's. Other keyword arguments are the
+        constructor's (n_q, temperature, cfg_coef, voice_repo, ...); the voice repo and default voice
+        default to the config's ``voice_repo`` / ``default_voice`` when it names them.
         """
         ckpt = TtsCheckpoint.resolve(
             hf_repo,
@@ -214,9 +218,13 @@ class Synthesizer:
         device = torch.device(device)
         lm_config, tts_config = ckpt.lm_config, ckpt.tts_config
         tok = load_tokenizer(ckpt.tokenizer)
+        mimi_config = mimi_config or ckpt.mimi_config
         mimi = load_mimi(ckpt.mimi_weight, config=mimi_config, device=device, num_codebooks=lm_config.n_q)
         lm = load_lm(ckpt.moshi_weight, lm_config, device=device, dtype=dtype or torch.bfloat16)
         options.setdefault("voice_suffix", ckpt.voice_suffix)
+        if options.get("voice_repo") is None:
+            options["voice_repo"] = ckpt.voice_repo
+        options.setdefault("default_voice", ckpt.default_voice)
         return cls(mimi, lm, tok, tts_config, **options)
 
     # -- properties ----------------------------------------------------------------------------------
@@ -267,8 +275,11 @@ class Synthesizer:
             self._voices[key] = load_voice(path, self.voice_dim)
         return self._voices[key]
 
-    def condition_attributes(self, voice: VoiceSpec) -> ConditionAttributes:
-        """The conditioning of one script: its voice(s) and, for distilled models, the CFG value."""
+    def condition_attributes(self, voice: VoiceSpec | None) -> ConditionAttributes:
+        """The conditioning of one script: its voice(s) (None: the default voice) and, for distilled
+        models, the CFG value."""
+        if voice is None:
+            voice = self.default_voice
         voices = [voice] if isinstance(voice, str | os.PathLike | torch.Tensor) else list(voice)
         tensor, mask = speaker_condition(
             [self.voice_embedding(v) for v in voices], self.tts_config.max_speakers
@@ -326,18 +337,54 @@ class Synthesizer:
             for i in range(len(rows[0]))
         ]
 
+    def make_generator(
+        self,
+        batch_size: int,
+        condition_sum: torch.Tensor | None,
+        condition_cross: torch.Tensor | None,
+        **engine: Any,
+    ) -> LMGen:
+        """The batched engine of this model's sampling settings (temperatures, top-k, CFG, n_q, exact,
+        attention dtype) over conditioned slots, with the voices' cross-attention keys/values from the
+        cache. ``engine`` takes LMGen's per-run arguments (generator or seeds, hooks)."""
+        gen = LMGen(
+            self.lm,
+            batch_size,
+            temp=self.temperature,
+            temp_text=self.temperature,
+            top_k=self.top_k,
+            top_k_text=self.top_k_text,
+            cfg_coef=self.cfg_coef if self._real_cfg else 1.0,
+            cfg_is_no_text=True,
+            condition_sum=condition_sum,
+            condition_cross=condition_cross,
+            dep_q=self.n_q,
+            exact=self.exact,
+            attention_dtype=self.attention_dtype,
+            **engine,
+        )
+        self.refresh_cross(gen)
+        return gen
+
+    def refresh_cross(self, gen: LMGen) -> None:
+        """After the engine's voice conditions change: their cross-attention keys/values from the cache
+        (fast mode; otherwise the engine recomputes them on its next step)."""
+        if gen.condition_cross is not None:
+            gen.state.cross = self._cross_kv(gen.condition_cross)
+
     # -- synthesis -----------------------------------------------------------------------------------
     def synthesize(
         self,
         script: Script,
-        voice: VoiceSpec = DEFAULT_VOICE,
+        voice: VoiceSpec | None = None,
         *,
         seed: int | None = None,
         on_frame: Callable[[AudioChunk], None] | None = None,
         on_step: Callable[[], None] | None = None,
         decode: bool = True,
     ) -> Synthesis:
-        """Speak a text (or dialog turns, main speaker first, with one voice per speaker).
+        """Speak a text (or dialog turns, main speaker first, with one voice per speaker; by default
+        the model's default voice).
 
         A text longer than `max_words_per_chunk` words is cut at sentence ends and its chunks are
         synthesized as one batch, then joined (word times follow). `on_frame` sees every audio frame
@@ -365,7 +412,7 @@ class Synthesizer:
         if isinstance(scripts, str) or not scripts:
             raise InputError("synthesize_batch takes a non-empty list of scripts")
         if voices is None:
-            voices = [DEFAULT_VOICE if voice is None else voice] * len(scripts)
+            voices = [voice] * len(scripts)
         elif voice is not None:
             raise InputError("pass either voice (for all scripts) or voices (one per script), not both")
         if len(voices) != len(scripts):
@@ -374,7 +421,7 @@ class Synthesizer:
         return self._run_batch(entries, list(voices), seed, None, "end" if decode else "none")
 
     def stream(
-        self, text: str | Iterable[str], voice: VoiceSpec = DEFAULT_VOICE, *, seed: int | None = None
+        self, text: str | Iterable[str], voice: VoiceSpec | None = None, *, seed: int | None = None
     ) -> Iterator[AudioChunk]:
         """Audio frames as they are generated, for text that may itself arrive piece by piece (e.g. from
         a language model): each piece is read as soon as the previous frames are out, and generation
@@ -400,7 +447,7 @@ class Synthesizer:
         if isinstance(scripts, str) or not scripts:
             raise InputError("stream_batch takes a non-empty list of scripts")
         if voices is None:
-            voices = [DEFAULT_VOICE if voice is None else voice] * len(scripts)
+            voices = [voice] * len(scripts)
         if len(voices) != len(scripts):
             raise InputError(f"got {len(voices)} voices for {len(scripts)} scripts")
         states = [self.machine.new_state(self.entries(s)) for s in scripts]
@@ -410,7 +457,7 @@ class Synthesizer:
             if chunks is not None:
                 yield [c if c.index < run.audio_frames(b) else None for b, c in enumerate(chunks)]
 
-    def session(self, voice: VoiceSpec = DEFAULT_VOICE, *, seed: int | None = None) -> TtsStream:
+    def session(self, voice: VoiceSpec | None = None, *, seed: int | None = None) -> TtsStream:
         """A live session: `push` text, `end` it, and pull audio with `frames()`."""
         return TtsStream(self, voice, seed)
 
@@ -457,27 +504,15 @@ class _Run:
         generator = None
         if seed is not None:
             generator = torch.Generator(device=lm.device).manual_seed(int(seed))
-        self.gen = LMGen(
-            lm,
+        self.gen = synth.make_generator(
             B,
-            temp=synth.temperature,
-            temp_text=synth.temperature,
-            top_k=synth.top_k,
-            top_k_text=synth.top_k_text,
-            cfg_coef=synth.cfg_coef if synth._real_cfg else 1.0,
-            cfg_is_no_text=True,
-            condition_sum=condition_sum,
-            condition_cross=condition_cross,
+            condition_sum,
+            condition_cross,
             generator=generator,
-            dep_q=synth.n_q,
-            exact=synth.exact,
-            attention_dtype=synth.attention_dtype,
             on_text_logits=self._on_text_logits,
             on_text=self._on_text,
             on_audio=self._on_audio,
         )
-        if condition_cross is not None:
-            self.gen.state.cross = synth._cross_kv(condition_cross)  # None: the engine computes them
         self.decoder = synth.mimi.streaming_decoder(B, exact=synth.exact) if audio == "stream" else None
         device = lm.device
         self.inputs = torch.full((B, self.gen.needed_inputs), ZERO, dtype=torch.long, device=device)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from dsm.codec import Mimi
 from dsm.errors import CheckpointError, InputError
 from dsm.hub import hf_file, resolve_reference
 
@@ -44,7 +45,7 @@ def resolve_voice(voice: str | os.PathLike, repo: str = DEFAULT_VOICE_REPO, suff
         return path
     if text.startswith("hf://") or text.startswith("file://"):
         return resolve_reference(text)
-    name = text if text.endswith(".safetensors") or not suffix else text + suffix
+    name = text if text.endswith(".safetensors") else text + (suffix or ".safetensors")
     local = Path(name).expanduser()
     if local.is_file():  # as the reference: a local file of that name comes first
         return local
@@ -73,7 +74,7 @@ def unknown_voice_message(voice: str, repo: str, suffix: str) -> str:
 def available_voices(repo: str = DEFAULT_VOICE_REPO, suffix: str = "") -> tuple[list[str], str]:
     """(Sorted voice names, where they were found) for a local directory or a hub repo (listed online,
     or from the local cache when offline: then only cached voices appear). Names drop `suffix`."""
-    end = suffix or ".safetensors"
+    suffix = end = suffix or ".safetensors"  # a model without a `model_id`: plain NAME.safetensors files
     local = Path(repo).expanduser()
     if local.is_dir():
         files = [p.relative_to(local).as_posix() for p in local.rglob(f"*{end}") if p.is_file()]
@@ -140,3 +141,33 @@ def speaker_condition(voices: list[torch.Tensor], max_speakers: int) -> tuple[to
         tensor[0, i, : voice.shape[0]] = voice
         mask[0, i, : voice.shape[0]] = True
     return tensor.view(1, -1, dim), mask.view(1, -1)
+
+
+def voice_from_audio(mimi: Mimi, wav: torch.Tensor, seconds: float) -> torch.Tensor:
+    """A voice for models conditioned on the codec latent (dsm's TTS recipe, e.g. the bundled model): the
+    unquantized latent of the clip's first ``seconds`` (zero-padded when shorter), [1, dim, T] float32.
+
+    Kyutai's TTS-1.6b voices come from an unreleased speaker encoder instead; this does not make those."""
+    if seconds <= 0:
+        raise InputError(f"voice seconds must be positive, got {seconds}")
+    wav = torch.as_tensor(wav, dtype=torch.float32).reshape(-1)
+    if wav.numel() == 0:
+        raise InputError("the voice clip is empty")
+    length = max(1, round(seconds * mimi.frame_rate)) * mimi.frame_size
+    wav = torch.nn.functional.pad(wav[:length], (0, max(0, length - wav.numel())))
+    device = next(mimi.parameters()).device
+    with torch.no_grad():
+        return mimi.encode_to_latent(wav.view(1, 1, -1).to(device)).float().cpu()
+
+
+def save_voice(path: str | os.PathLike, embedding: torch.Tensor) -> Path:
+    """Write a voice file (`speaker_wavs` [1, dim, T] float32), as Kyutai's voice repos store them."""
+    from safetensors.torch import save_file
+
+    if embedding.dim() != 3 or embedding.shape[0] != 1:
+        raise InputError(f"a voice embedding is [1, dim, T], got {list(embedding.shape)}")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InputError(f"{path}: a voice file must end in .safetensors")
+    save_file({VOICE_KEY: embedding.float().contiguous().cpu()}, str(path))
+    return path
