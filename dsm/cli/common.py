@@ -15,7 +15,7 @@ from dsm.audio import WRITE_FORMATS, encode_audio, read_audio, write_audio
 from dsm.bundled import bundled
 from dsm.codec import Mimi, MimiConfig, load_mimi
 from dsm.errors import CheckpointError, InputError
-from dsm.hub import mimi_file
+from dsm.hub import mimi_file, repo_config
 
 log = logging.getLogger("dsm.cli")
 
@@ -117,8 +117,12 @@ def load_codec(args: argparse.Namespace) -> Mimi:
     """Load Mimi as the model flags say."""
     check_device(args.device)
     path = mimi_weight_path(args)
+    config = None
+    if args.hf_repo and not args.mimi_weight:  # a model repo of a dsm-trained codec names its architecture
+        raw = repo_config(args.hf_repo).get("mimi_config")
+        config = None if raw is None else MimiConfig.from_dict(raw)
     start = time.perf_counter()
-    mimi = load_mimi(path, device=args.device)
+    mimi = load_mimi(path, config=config, device=args.device)
     log.info("loaded Mimi from %s on %s in %.2f s", path, args.device, time.perf_counter() - start)
     return mimi
 

@@ -20,6 +20,10 @@ META_KEYS = (
     "tts_config",
     "stt_config",
     "model_id",
+    # dsm extensions: the codec architecture of models trained on a smaller codec, TTS voice defaults
+    "mimi_config",
+    "voice_repo",
+    "default_voice",
 )
 # Accepted for compatibility and ignored: they change nothing at inference.
 IGNORED_KEYS = (
