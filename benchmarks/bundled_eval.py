@@ -1,6 +1,6 @@
 """Quality of dsm's bundled models (docs/models.md) on held-out data, with the Whisper tiny.en judge.
 
-    python benchmarks/bundled_eval.py stt MANIFEST [--split test] [--per-speaker 40]
+    python benchmarks/bundled_eval.py stt MANIFEST [--split test] [--per-speaker 40] [--model DIR]
     python benchmarks/bundled_eval.py tts MANIFEST [--split test] [--sentences 30] [--out DIR]
     python benchmarks/bundled_eval.py real [--clips DIR]
 
@@ -46,8 +46,8 @@ def _wer(refs: list[str], hyps: list[str]) -> dict[str, Any]:
     return {"wer_percent": round(100 * errs.rate, 2), "errors": errs.errors, "words": errs.n_reference_words}
 
 
-def eval_stt(manifest: Path, split: str, per_speaker: int) -> dict[str, Any]:
-    stt = Transcriber.from_checkpoint()
+def eval_stt(manifest: Path, split: str, per_speaker: int, model: str | None = None) -> dict[str, Any]:
+    stt = Transcriber.from_checkpoint(model)
     root = manifest_root(manifest)
     utts = select_items(read_manifest(manifest), split, [], None)
     by_speaker: dict[str, list] = {}
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("manifest", type=Path)
     s.add_argument("--split", default="test")
     s.add_argument("--per-speaker", type=int, default=40)
+    s.add_argument("--model", default=None, help="STT model directory or repo (default: the bundled one)")
     t = sub.add_parser("tts")
     t.add_argument("manifest", type=Path)
     t.add_argument("--split", default="test")
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     if args.cmd == "stt":
-        res = eval_stt(args.manifest, args.split, args.per_speaker)
+        res = eval_stt(args.manifest, args.split, args.per_speaker, args.model)
         for name, r_ in [*res["speakers"].items(), ("all", res["all"])]:
             print(f"{name:>24}: WER {r_['wer_percent']:6.2f} % ({r_['errors']} / {r_['words']} words)")
         print("word start error:", res.get("word_start_error_s"), "RTF", res["real_time_factor"])
