@@ -208,10 +208,13 @@ def read_bytes(path: str) -> bytes:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def add_checkpoint_options(parser: argparse.ArgumentParser, published: str, dtype_help: str) -> None:
+def add_checkpoint_options(
+    parser: argparse.ArgumentParser, published: str, dtype_help: str | None = None
+) -> None:
     """Kyutai's model flags for a DSM checkpoint: a hub repo (or a local directory laid out like one),
-    each file overridable (an explicit file wins over the repo's), and the device and dtype. Without
-    any of them dsm's bundled model is used; ``published`` names Kyutai's model in the help."""
+    each file overridable (an explicit file wins over the repo's), the device and, with ``dtype_help``
+    (the default, for the help), the LM dtype. Without any of them dsm's bundled model is used;
+    ``published`` names Kyutai's model in the help."""
     group = parser.add_argument_group("model")
     repo_help = (
         f"Hugging Face repo id (e.g. {published}), or a local directory laid out like one (default: dsm's "
@@ -225,18 +228,24 @@ def add_checkpoint_options(parser: argparse.ArgumentParser, published: str, dtyp
     group.add_argument(
         "--device", type=device_arg, default=torch.device("cpu"), help="torch device (default: cpu)"
     )
-    group.add_argument("--dtype", choices=sorted(DTYPES), help=f"LM weights dtype (default: {dtype_help})")
+    if dtype_help is not None:
+        group.add_argument(
+            "--dtype", choices=sorted(DTYPES), help=f"LM weights dtype (default: {dtype_help})"
+        )
+
+
+def checkpoint_files(args: argparse.Namespace) -> dict:
+    """The file flags of `add_checkpoint_options`, as `*Checkpoint.resolve` takes them."""
+    return {
+        k: getattr(args, k) for k in ("hf_repo", "moshi_weight", "mimi_weight", "tokenizer", "config_path")
+    }
 
 
 def checkpoint_kwargs(args: argparse.Namespace) -> dict:
     """Keyword arguments for `*.from_checkpoint` from the flags of `add_checkpoint_options`."""
     check_device(args.device)
     return {
-        "hf_repo": args.hf_repo,
-        "moshi_weight": args.moshi_weight,
-        "mimi_weight": args.mimi_weight,
-        "tokenizer": args.tokenizer,
-        "config_path": args.config_path,
+        **checkpoint_files(args),
         "device": args.device,
         "dtype": DTYPES[args.dtype] if args.dtype else None,
     }

@@ -21,7 +21,9 @@ from dsm.audio import WRITE_FORMATS, encode_audio, write_audio
 from dsm.cli.common import (
     STDIO,
     add_checkpoint_options,
+    check_device,
     check_parent,
+    checkpoint_files,
     checkpoint_kwargs,
     label,
     n_q_arg,
@@ -184,9 +186,8 @@ def play(synth: Synthesizer, script, voice, args: argparse.Namespace) -> Synthes
 def _voices_of_model(args: argparse.Namespace) -> tuple[str, str]:
     """(Voice repo, voice-file suffix) for --list-voices: the flags, else the model's config (TTS-1.6b's
     suffix when the config cannot be read)."""
-    kwargs = {k: getattr(args, k) for k in ("hf_repo", "moshi_weight", "mimi_weight", "tokenizer")}
     try:
-        ckpt = TtsCheckpoint.resolve(**kwargs, config_path=args.config_path)
+        ckpt = TtsCheckpoint.resolve(**checkpoint_files(args))
         repo, suffix = ckpt.voice_repo, ckpt.voice_suffix
     except DsmError as e:
         log.info("no model config for the voices (%s); using TTS-1.6b's", e)
@@ -201,9 +202,8 @@ def cmd_voice(args: argparse.Namespace) -> int:
     check_parent(Path(args.output))
     if not args.output.endswith(".safetensors"):
         raise InputError(f"{args.output}: a voice file must end in .safetensors")
-    kwargs = checkpoint_kwargs(args)
-    kwargs.pop("device"), kwargs.pop("dtype")
-    ckpt = TtsCheckpoint.resolve(**kwargs)
+    check_device(args.device)
+    ckpt = TtsCheckpoint.resolve(**checkpoint_files(args))
     if ckpt.tts_config.voice_seconds is None:
         raise InputError(
             f"{ckpt.config_path}: this model's voices come from a speaker encoder dsm does not have "
@@ -233,7 +233,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     voice_cmd.add_argument(
         "--seconds", type=float, default=None, help="seconds of the clip to use (default: the model's)"
     )
-    add_checkpoint_options(voice_cmd, DEFAULT_TTS_REPO, "unused")
+    add_checkpoint_options(voice_cmd, DEFAULT_TTS_REPO)
     parser = commands.add_parser(
         "tts",
         parents=[common],

@@ -335,6 +335,8 @@ class TtsModuleConfig:
             mimi_config=t.table("mimi_config"),
         )
         cfg.openai_path = _openai_path(t)
+        if cfg.py.get("hf_repo") == BUNDLED:
+            cfg.py["hf_repo"] = str(bundled("tts"))
         return cfg
 
 

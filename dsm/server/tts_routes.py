@@ -28,10 +28,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from dsm.audio import encode_audio
 from dsm.audio.opus import OpusStreamEncoder
-from dsm.bundled import bundled
 from dsm.errors import DsmError
 from dsm.server.asr_model import mimi_config_from_table, parse_dtype, pick_device
-from dsm.server.config import BUNDLED, TtsModuleConfig, resolve_snapshot
+from dsm.server.config import TtsModuleConfig, resolve_snapshot
 from dsm.server.context import ServerContext
 from dsm.server.logs import event
 from dsm.server.protocol import (
@@ -125,7 +124,7 @@ class TtsService:
         if "voice_folder" in py:
             options["voice_repo"] = str(resolve_snapshot(str(py["voice_folder"]), f"{where}.voice_folder"))
         synth = Synthesizer.from_checkpoint(
-            bundled("tts") if py.get("hf_repo") == BUNDLED else py.get("hf_repo", DEFAULT_TTS_REPO),
+            py.get("hf_repo", DEFAULT_TTS_REPO),
             moshi_weight=py.get("moshi_weight"),
             mimi_weight=py.get("mimi_weight"),
             tokenizer=py.get("tokenizer") or cfg.text_tokenizer_file,
