@@ -21,6 +21,8 @@ cd "$(dirname "$0")/.."
 DATA=data/bundled
 RUNS=runs/bundled
 SENTENCES=${SENTENCES:-1500}
+EXTRA_SENTENCES=${EXTRA_SENTENCES:-12000}   # STT only: more text variety (espeak-ng, all of them)
+PIPER_EXTRA=${PIPER_EXTRA:-2000}            # STT only: how many of those Piper speaks too
 # espeak-ng voices: six for training, two (TEST_VOICES) held out entirely for the test split
 TRAIN_VOICES=en-us,en-us+f3,en-us+m2,en-us+m3,en-us+f2,en-us+m1
 TEST_VOICES=en-us+f4,en-us+m4
@@ -46,13 +48,18 @@ corpus)
     dsm data split "$DATA/all.jsonl" "$DATA/all.jsonl" --by both --valid 0.03 --test 0.05 \
         --test-voices "$TEST_VOICES"
     python scripts/bundled_data.py tokenizer "$DATA/all.jsonl" "$DATA/tokenizer.model" --vocab 1000
-    # for STT only: 6,000 more sentences (none of them held out) in one random combination each of the
-    # six training espeak-ng voices: text variety against the overfitting of 1,380 training sentences
-    python scripts/bundled_data.py extra-text "$DATA/all.jsonl" "$DATA/extra_sentences.txt" --count 6000 --seed 2
+    # for STT only: EXTRA_SENTENCES more sentences (none of them held out) in one random combination each
+    # of the six training espeak-ng voices, the first PIPER_EXTRA of them by Piper too: text variety
+    # against the overfitting of 1,380 training sentences
+    python scripts/bundled_data.py extra-text "$DATA/all.jsonl" "$DATA/extra_sentences.txt" \
+        --count "$EXTRA_SENTENCES" --seed 2
     dsm data synth --out "$DATA/espeak_extra" --text "$DATA/extra_sentences.txt" --voices "$TRAIN_VOICES" \
         --rates 150,175,200 --pitches 40,50,60 --combos 1 --seed 2 --overwrite
+    head -n "$PIPER_EXTRA" "$DATA/extra_sentences.txt" > "$DATA/extra_sentences_piper.txt"
+    dsm data synth --out "$DATA/piper_extra" --text "$DATA/extra_sentences_piper.txt" --voices piper \
+        --seed 2 --workers 2 --overwrite
     python scripts/bundled_data.py merge "$DATA/stt_train.jsonl" "$DATA/all.jsonl" \
-        "$DATA/espeak_extra/manifest.jsonl" --default-split train
+        "$DATA/espeak_extra/manifest.jsonl" "$DATA/piper_extra/manifest.jsonl" --default-split train
     ;;
 codec)
     train codec

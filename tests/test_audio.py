@@ -18,6 +18,7 @@ from dsm.audio import (
     read_audio,
     read_audio_with_rate,
     resample,
+    stream_audio,
     write_audio,
 )
 from dsm.errors import AudioError, InputError
@@ -359,6 +360,66 @@ def test_write_errors(tmp_path: Path) -> None:
 def test_unsupported_source_type() -> None:
     with pytest.raises(InputError):
         read_audio(12345)  # type: ignore[arg-type]
+
+
+# --- reading block by block ---
+
+
+@pytest.mark.parametrize(
+    "ext, rate",
+    [("wav", 16000), ("wav", 24000), ("wav", 44100), ("flac", 44100), ("mp3", 16000), ("ogg", 44100)],
+)
+@pytest.mark.parametrize("target", [SR, None])
+def test_stream_audio_equals_read_audio(tmp_path: Path, ext: str, rate: int, target: int | None) -> None:
+    stereo = np.stack([speech_like(2.3, rate, seed=1), sine(330.0, 2.3, rate)])  # down-mixed as read_audio
+    path = tmp_path / f"speech.{ext}"
+    write_audio(path, stereo, rate)
+    expected = read_audio(path, target)
+    stream = stream_audio(path, target, block_frames=5000)
+    assert stream.sample_rate == (target or rate) and stream.duration == pytest.approx(2.3, abs=0.1)
+    blocks = list(stream)
+    assert len(blocks) > 2 and all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
+    got = np.concatenate(blocks)
+    if ext == "mp3":  # libmpg123 rounds a little differently when asked for fewer frames at a time
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(got, expected)
+    from_bytes = np.concatenate(list(stream_audio(path.read_bytes(), target)))
+    np.testing.assert_allclose(from_bytes, expected, rtol=0, atol=1e-5)
+    assert next(stream, None) is None  # exhausted (and the file closed)
+
+
+def test_stream_audio_errors(tmp_path: Path) -> None:
+    """The same errors as read_audio, raised when the stream is opened where the file allows."""
+    missing = tmp_path / "nope.wav"
+    with pytest.raises(AudioError, match="not found") as err:
+        stream_audio(missing)
+    assert_names(err, missing)
+    corrupt = tmp_path / "noise.wav"
+    corrupt.write_bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(AudioError, match="not a recognised audio format|could not decode") as err:
+        stream_audio(corrupt)
+    assert_names(err, corrupt)
+    silent = tmp_path / "silence.wav"
+    sf.write(silent, np.zeros(0, dtype=np.float32), SR)
+    with pytest.raises(AudioError, match="no audio samples"):
+        stream_audio(silent)
+    path = tmp_path / "speech.mp3"
+    write_audio(path, sine(seconds=2.0), SR)
+    cut = _cut(path, 0.5)  # the header announces 2 s: known to be cut only at the end
+    with pytest.raises(AudioError, match="truncated") as err:
+        list(stream_audio(cut))
+    assert_names(err, cut)
+    nan = tmp_path / "nan.wav"
+    wav = sine(seconds=1.0)
+    wav[20000] = np.nan
+    sf.write(nan, wav, SR, subtype="FLOAT")
+    stream = stream_audio(nan, block_frames=10000)
+    assert len(next(stream)) == 10000
+    with pytest.raises(AudioError, match="non-finite"):
+        list(stream)
+    with pytest.raises(InputError, match="block_frames"):
+        stream_audio(path, block_frames=0)
 
 
 # --- streaming opus ---

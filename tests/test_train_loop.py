@@ -19,6 +19,7 @@ from train_fixtures import (
     tts_config_dict,
 )
 
+from dsm.audio import read_audio
 from dsm.cli import main
 from dsm.codec import load_mimi
 from dsm.errors import InputError
@@ -255,8 +256,16 @@ def test_codes_cache_keys(assets, tmp_path):
     copy_path = tmp_path / "renamed.wav"
     copy_path.write_bytes(clip.read_bytes())
     assert torch.equal(cache.codes(copy_path, 8, silence_frames=2), codes) and cache.hits == 2  # same bytes
+    four = cache.codes(clip, 4, silence_frames=2)  # fewer codebooks: the same entry, sliced
+    assert torch.equal(four, codes[:4]) and cache.hits == 3 and cache.misses == 1
+    wav = torch.from_numpy(read_audio(str(clip), sample_rate=24_000))
+    wav = torch.nn.functional.pad(wav, (0, -wav.shape[0] % 1920 + 2 * 1920))
+    with torch.no_grad():
+        assert torch.equal(four, mimi.encode(wav.view(1, 1, -1), n_q=4)[0])
     cache.codes(clip, 4)
-    assert cache.misses == 2  # another request
+    assert cache.misses == 2  # another request (no silence appended)
+    with pytest.raises(ValueError, match="n_q"):
+        cache.codes(clip, mimi.total_codebooks + 1)
     other = load_mimi(assets["mimi"], config=tiny_mimi_config())
     with torch.no_grad():
         other.quantizer.rvq_first.input_proj.weight.mul_(1.5)

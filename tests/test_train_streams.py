@@ -22,6 +22,7 @@ from dsm.train.streams import (
     delayed_audio,
     frame_index,
     lm_loss,
+    noisy_audio,
     stt_example,
     stt_text_stream,
     text_weights,
@@ -201,3 +202,20 @@ def test_lm_loss_weights_by_hand():
     assert float(loss.audio) == pytest.approx(anum / aden, rel=1e-6)
     assert float(loss.total) == pytest.approx(num / den + anum / aden, rel=1e-6)
     assert codebook_weights(3, 100.0).tolist() == [100.0, 1.0, 1.0]
+
+
+def test_noisy_audio_replaces_only_real_audio_codes():
+    codes = torch.full((4, 9, 200), 5, dtype=torch.long)
+    codes[:, :, 150:] = -1  # right padding
+    codes[:, 3, :10] = -2
+    original = codes.clone()
+    gen = torch.Generator().manual_seed(0)
+    out = noisy_audio(codes, 0.3, 1024, gen)
+    assert torch.equal(codes, original)  # a copy
+    assert torch.equal(out[:, 0], codes[:, 0])  # the text row is never touched
+    assert torch.equal(out[codes < 0], codes[codes < 0])  # nor special tokens
+    changed = (out != codes)[:, 1:].float()
+    real = (codes[:, 1:] >= 0).float()
+    assert 0.25 < changed.sum() / real.sum() < 0.35
+    assert out.min() >= -2 and out.max() < 1024
+    assert torch.equal(noisy_audio(codes, 0.0, 1024, gen), codes)

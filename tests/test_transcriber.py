@@ -3,15 +3,19 @@ on the small hub-style model directory of `tests/stt_assets.py`."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+import dsm.stt.transcriber as transcriber_module
+from dsm.audio import read_audio, resample, stream_audio
 from dsm.errors import AudioError, CheckpointError, DsmError
 from dsm.stt.checkpoint import SttCheckpoint
 from dsm.stt.timestamps import WordEnded, WordStarted, transcript_text, words_from_tokens
@@ -163,6 +167,17 @@ def test_fast_kernels_agree_with_exact(assets, tmp_path):
     got = fast.transcribe(path).tokens
     same = sum(a == b for a, b in zip(got, expected, strict=True))
     assert same / len(expected) >= 0.9
+
+
+def test_resampled_file_and_bytes_equal_their_samples(assets, exact0, tmp_path):
+    """Files at other rates are resampled block by block, as `read_audio` does at once."""
+    wav, _ = sf.read(str(assets["audio"]["b"]), dtype="float32")
+    path = tmp_path / "b16k.flac"
+    sf.write(str(path), resample(wav, 24000, 16000), 16000)
+    expected = exact0.transcribe(read_audio(path, 24000), sample_rate=24000)
+    assert exact0.transcribe(path).tokens == expected.tokens
+    got = exact0.transcribe(path.read_bytes())
+    assert got.tokens == expected.tokens and got.duration == expected.duration
 
 
 def test_temperature_sampling_is_seeded(assets, exact0):
@@ -358,3 +373,32 @@ def test_long_form_stream_runs_in_constant_memory(assets, transcribers):
     assert growth < 16 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MiB"
     events = stream.flush()
     assert stream.transcript().duration == 40.0 and isinstance(events, list)
+
+
+def test_long_file_streams_from_disk(assets, exact0, tmp_path, monkeypatch):
+    """A file is decoded block by block as the model consumes it: the same transcript as its samples given
+    as an array, without ever decoding it whole, and a peak of traced (Python and numpy) memory far below
+    its decoded size. Blocks of 0.1 s instead of the default 2.7 s let a 12 s file show it quickly."""
+    base = np.concatenate([sf.read(str(assets["audio"][n]), dtype="float32")[0] for n in "abc"])
+    wav = np.tile(base, 2)[: 12 * 24000]
+    path = tmp_path / "long.wav"
+    sf.write(str(path), wav, 24000, subtype="FLOAT")
+    expected = exact0.transcribe(wav, sample_rate=24000)
+
+    def whole(*args, **kwargs):
+        raise AssertionError("a file was decoded whole")
+
+    monkeypatch.setattr(transcriber_module, "read_audio", whole)
+    small_blocks = functools.partial(stream_audio, block_frames=2400)
+    monkeypatch.setattr(transcriber_module, "stream_audio", small_blocks)
+    tracemalloc.start()
+    try:
+        got = exact0.transcribe(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got.tokens == expected.tokens and len(got.tokens) == 150 + 7
+    assert got.text == expected.text and got.words == expected.words
+    assert torch.equal(got.vad, expected.vad)
+    assert got.duration == expected.duration == 12.0
+    assert peak < wav.nbytes / 4, f"peak {peak / 2**10:.0f} KiB for {wav.nbytes / 2**10:.0f} KiB of audio"

@@ -5,12 +5,14 @@ from dsm.audio.io import (
     WRITE_FORMATS,
     AudioInfo,
     AudioSource,
+    AudioStream,
     as_channels_first,
     audio_info,
     encode_audio,
     read_audio,
     read_audio_with_rate,
     resample,
+    stream_audio,
     write_audio,
 )
 from dsm.audio.opus import OPUS_SAMPLE_RATES, OpusStreamDecoder, OpusStreamEncoder
@@ -21,6 +23,7 @@ __all__ = [
     "WRITE_FORMATS",
     "AudioInfo",
     "AudioSource",
+    "AudioStream",
     "OpusStreamDecoder",
     "OpusStreamEncoder",
     "as_channels_first",
@@ -29,5 +32,6 @@ __all__ = [
     "read_audio",
     "read_audio_with_rate",
     "resample",
+    "stream_audio",
     "write_audio",
 ]

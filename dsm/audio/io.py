@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +28,7 @@ _FALLBACK_RATE = 48000
 _FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 # A decoded length this much shorter than the header announces means the file was cut.
 _TRUNCATION_SLACK = 2304
+STREAM_BLOCK_FRAMES = 65536  # frames `stream_audio` decodes at a time (~1.4 s at 48 kHz)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,99 @@ def read_audio_with_rate(
     return wav, rate
 
 
+def stream_audio(
+    source: AudioSource,
+    sample_rate: int | None = 24000,
+    *,
+    block_frames: int = STREAM_BLOCK_FRAMES,
+    name: str | None = None,
+) -> AudioStream:
+    """Decode `source` block by block to float32 mono `[n]` arrays, resampled to `sample_rate` (None: native).
+
+    Memory stays constant whatever the length of a file. The blocks, concatenated, equal
+    `read_audio(source, sample_rate)` (MP3s to ~1e-7: libmpg123 rounds by read size), and fail with the
+    same `AudioError`s: the file is opened and its first block decoded here, so missing, unreadable, empty
+    and corrupt files fail at once; later corruption, non-finite samples and truncation fail when reached.
+    Close the stream (or use it as a context manager) if you do not read it to the end.
+    """
+    if isinstance(block_frames, bool) or not isinstance(block_frames, int) or block_frames <= 0:
+        raise InputError(f"block_frames must be a positive integer, got {block_frames!r}")
+    src = _resolve_source(source, name)
+    try:
+        file = sf.SoundFile(src.target)
+    except Exception as e:
+        raise AudioError(f"{src.name}: {_explain(e)}") from e
+    try:
+        return AudioStream(src, file, sample_rate, block_frames)
+    except BaseException:
+        file.close()
+        raise
+
+
+class AudioStream(Iterator[np.ndarray]):
+    """An open audio file yielding float32 mono blocks (see `stream_audio`)."""
+
+    def __init__(self, src: _Source, file: sf.SoundFile, sample_rate: int | None, block_frames: int) -> None:
+        self.name = src.name
+        self.source_rate: int = file.samplerate
+        self.sample_rate: int = file.samplerate if sample_rate is None else sample_rate
+        self.frames: int = file.frames  # as announced by the header, at `source_rate`
+        self._src, self._file, self._fmt, self._block = src, file, file.format, block_frames
+        self._decoded = 0
+        self._resampler = None
+        if self.sample_rate != self.source_rate:
+            _check_rates(self.source_rate, self.sample_rate)
+            self._resampler = soxr.ResampleStream(self.source_rate, self.sample_rate, 1, "float32", "HQ")
+        self._first: np.ndarray | None = self._read()
+        if self._first is None:
+            raise AudioError(f"{self.name}: contains no audio samples (the file may be truncated or corrupt)")
+
+    @property
+    def duration(self) -> float:
+        """Seconds announced by the header (MP3s without a Xing/Info tag only estimate it)."""
+        return self.frames / self.source_rate
+
+    def _read(self) -> np.ndarray | None:
+        """The next block at the source rate, or None at the end of the file (after the checks)."""
+        try:
+            data = self._file.read(self._block, dtype="float32", always_2d=True)
+        except Exception as e:
+            raise AudioError(f"{self.name}: {_explain(e)}") from e
+        if len(data) == 0:
+            _check_length(self._src, self._fmt, self.frames, self._decoded, self.source_rate)
+            return None
+        self._decoded += len(data)
+        if not np.isfinite(data).all():
+            raise AudioError(f"{self.name}: contains non-finite samples (NaN or inf)")
+        return np.ascontiguousarray(data.T).mean(axis=0, dtype=np.float32)
+
+    def __next__(self) -> np.ndarray:
+        if self._file.closed:
+            raise StopIteration
+        try:
+            block = self._read() if self._first is None else self._first
+        except BaseException:
+            self.close()
+            raise
+        self._first = None
+        if block is not None:
+            return block if self._resampler is None else self._resampler.resample_chunk(block)
+        self.close()
+        if self._resampler is None:
+            raise StopIteration
+        return self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)  # the resampler's tail
+
+    def close(self) -> None:
+        """Release the file (reading stops)."""
+        self._file.close()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def audio_info(source: AudioSource, *, name: str | None = None) -> AudioInfo:
     """Sample rate, channels, length and format announced by an audio file's header."""
     src = _resolve_source(source, name)
@@ -170,14 +265,19 @@ def _decode(src: _Source) -> tuple[np.ndarray, int]:
     decoded = data.shape[0]
     if decoded == 0:
         raise AudioError(f"{src.name}: contains no audio samples (the file may be truncated or corrupt)")
+    _check_length(src, fmt, announced, decoded, rate)
+    if not np.isfinite(data).all():
+        raise AudioError(f"{src.name}: contains non-finite samples (NaN or inf)")
+    return np.ascontiguousarray(data.T), rate
+
+
+def _check_length(src: _Source, fmt: str, announced: int, decoded: int, rate: int) -> None:
+    """Raise if clearly fewer frames were decoded than the header announces (a cut file)."""
     if announced - decoded > max(_TRUNCATION_SLACK, announced // 100) and _length_is_exact(src, fmt):
         raise AudioError(
             f"{src.name}: file is truncated (its header announces {announced / rate:.2f} s "
             f"but only {decoded / rate:.2f} s could be decoded)"
         )
-    if not np.isfinite(data).all():
-        raise AudioError(f"{src.name}: contains non-finite samples (NaN or inf)")
-    return np.ascontiguousarray(data.T), rate
 
 
 def _length_is_exact(src: _Source, fmt: str) -> bool:
@@ -218,9 +318,7 @@ def _explain(e: Exception) -> str:
 
 def resample(wav: np.ndarray, from_rate: int, to_rate: int, quality: str = "HQ") -> np.ndarray:
     """Resample float32 `[T]` or `[C, T]` audio with soxr; returns the input (as float32) if rates match."""
-    for rate in (from_rate, to_rate):
-        if isinstance(rate, bool) or not isinstance(rate, int | np.integer) or rate <= 0:
-            raise InputError(f"sample rates must be positive integers, got {from_rate} -> {to_rate}")
+    _check_rates(from_rate, to_rate)
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim not in (1, 2):
         raise InputError(f"expected audio of shape [T] or [C, T], got {tuple(wav.shape)}")
@@ -228,6 +326,12 @@ def resample(wav: np.ndarray, from_rate: int, to_rate: int, quality: str = "HQ")
         return wav
     out = soxr.resample(np.ascontiguousarray(wav.T), int(from_rate), int(to_rate), quality)
     return np.ascontiguousarray(out.T, dtype=np.float32)
+
+
+def _check_rates(from_rate: Any, to_rate: Any) -> None:
+    for rate in (from_rate, to_rate):
+        if isinstance(rate, bool) or not isinstance(rate, int | np.integer) or rate <= 0:
+            raise InputError(f"sample rates must be positive integers, got {from_rate} -> {to_rate}")
 
 
 # --- writing ---

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dsm.audio import read_audio, resample
+from dsm.audio import AudioStream, read_audio, resample, stream_audio
 from dsm.codec import Mimi, MimiConfig, load_mimi
 from dsm.engine.generator import LMGen
 from dsm.errors import AudioError, InputError
@@ -124,6 +125,73 @@ class _PromptForcer:
             self.last_forced_step[b] = self.step
         self.position += hit.long()
         self.step += 1
+
+
+class _Feed:
+    """The audio of one slot as successive 1920-sample frames, the last one zero-padded.
+
+    Files come block by block from an `AudioStream` (constant memory), arrays as one block. ``samples``
+    counts the samples read so far; ``expected`` is the announced total (None when unknown).
+    """
+
+    def __init__(self, blocks: Iterable[np.ndarray], name: str, expected: int | None) -> None:
+        self._blocks = iter(blocks)
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._exhausted = False
+        self.samples = 0
+        self.expected = expected
+        while not self.samples and self._pull():  # resampling may hold the first samples back
+            pass
+        if not self.samples:
+            self.close()
+            raise AudioError(f"{name}: audio is empty (0 samples)")
+
+    def _pull(self) -> bool:
+        """Append the next block to the buffer; False once the source is exhausted."""
+        block = None if self._exhausted else next(self._blocks, None)
+        if block is None:
+            self._exhausted = True
+            return False
+        self.samples += len(block)
+        self._buffer = np.concatenate([self._buffer, block]) if len(self._buffer) else block
+        return True
+
+    def next_frame(self) -> np.ndarray | None:
+        """The next frame (shorter at the very end), or None when the audio is over."""
+        while len(self._buffer) < FRAME_SIZE and self._pull():
+            pass
+        if not len(self._buffer):
+            return None
+        frame, self._buffer = self._buffer[:FRAME_SIZE], self._buffer[FRAME_SIZE:]
+        return frame
+
+    def close(self) -> None:
+        if isinstance(self._blocks, AudioStream):
+            self._blocks.close()
+
+    def __enter__(self) -> _Feed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Rows:
+    """Per-step tensors of one shape, gathered into preallocated chunks of steps."""
+
+    def __init__(self, shape: tuple[int, ...], chunk: int = 1024) -> None:
+        self._shape, self._chunk, self.n = shape, chunk, 0
+        self._chunks: list[torch.Tensor] = []
+
+    def append(self, row: torch.Tensor) -> None:
+        if self.n % self._chunk == 0:
+            self._chunks.append(torch.zeros(self._chunk, *self._shape))
+        self._chunks[-1][self.n % self._chunk] = row
+        self.n += 1
+
+    def stacked(self) -> torch.Tensor:
+        """All rows, ``[n, *shape]``."""
+        return torch.cat(self._chunks)[: self.n] if self._chunks else torch.zeros(0, *self._shape)
 
 
 @dataclass(frozen=True)
@@ -299,12 +367,20 @@ class Transcriber:
     ) -> Transcript:
         """Transcribe one file or array (``sample_rate`` is for arrays; None means 24 kHz).
 
+        Files (paths, bytes) are decoded block by block as the model consumes them, so memory stays
+        constant for long-form audio (an hour and more); arrays are fed as they are.
         ``prompt_text`` / ``prompt_audio`` steer spelling (see `Prompt`); the prompt's transcript is cut.
         ``progress`` shows a tqdm bar on stderr for long inputs.
         """
-        wav = self.load_audio(source, sample_rate)
-        prompt = self.make_prompt(prompt_text, prompt_audio)
-        return self._run([wav], temperature, None if seed is None else [seed], prompt, progress)[0]
+        return self.transcribe_batch(
+            [source],
+            sample_rate,
+            temperature=temperature,
+            seeds=None if seed is None else [seed],
+            prompt_text=prompt_text,
+            prompt_audio=prompt_audio,
+            progress=progress,
+        )[0]
 
     def transcribe_batch(
         self,
@@ -324,78 +400,106 @@ class Transcriber:
         """
         if not sources:
             return []
-        wavs = [self.load_audio(s, sample_rate) for s in sources]
-        prompt = self.make_prompt(prompt_text, prompt_audio)
-        return self._run(wavs, temperature, seeds, prompt, progress)
+        with ExitStack() as stack:
+            feeds = [stack.enter_context(self._feed(s, sample_rate)) for s in sources]
+            prompt = self.make_prompt(prompt_text, prompt_audio)
+            return self._run(feeds, temperature, seeds, prompt, progress)
 
-    def _layout(self, wav: np.ndarray, prompt: Prompt | None) -> tuple[int, np.ndarray]:
-        """(steps, samples fed after the prefix silence) for one file: prompt audio, separator, audio."""
-        parts = []
-        if prompt is not None and prompt.audio is not None:
-            padded = np.zeros(prompt.audio_chunks * FRAME_SIZE, dtype=np.float32)
-            padded[: len(prompt.audio)] = prompt.audio
-            parts.append(padded)
-        parts.append(wav)
-        body = np.concatenate(parts)
-        return self.prefix_chunks + math.ceil(len(body) / FRAME_SIZE) + self.suffix_chunks, body
+    def _feed(self, source: AudioInput, sample_rate: int | None) -> _Feed:
+        """Files (paths, bytes) stream from disk in blocks; arrays are checked and resampled whole."""
+        if isinstance(source, str | os.PathLike | bytes | bytearray):
+            if sample_rate is not None:
+                raise InputError("sample_rate applies to arrays; files carry their own rate")
+            stream = stream_audio(source, SAMPLE_RATE)
+            expected = round(stream.duration * SAMPLE_RATE) if stream.frames > 0 else None
+            return _Feed(stream, stream.name, expected)
+        wav = self.load_audio(source, sample_rate)
+        return _Feed([wav], "<array>", len(wav))
+
+    @staticmethod
+    def _prompt_frames(prompt: Prompt | None) -> np.ndarray:
+        """The samples fed before each file: the prompt audio and the separator, whole frames (or none)."""
+        if prompt is None or prompt.audio is None:
+            return np.zeros(0, dtype=np.float32)
+        padded = np.zeros(prompt.audio_chunks * FRAME_SIZE, dtype=np.float32)
+        padded[: len(prompt.audio)] = prompt.audio
+        return padded
+
+    def _expected_steps(self, feeds: list[_Feed], head_chunks: int) -> int | None:
+        """The longest slot's steps by the announced lengths (for the progress bar), None if unknown."""
+        if any(f.expected is None for f in feeds):
+            return None
+        body = max(math.ceil(f.expected / FRAME_SIZE) for f in feeds if f.expected is not None)
+        return self.prefix_chunks + head_chunks + body + self.suffix_chunks
 
     @torch.inference_mode()
     def _run(
         self,
-        wavs: list[np.ndarray],
+        feeds: list[_Feed],
         temperature: float | None,
         seeds: Sequence[int] | None,
         prompt: Prompt | None = None,
         progress: bool = False,
     ) -> list[Transcript]:
-        B = len(wavs)
+        """Step all slots together; a slot ends (after its suffix silence) once its feed runs out."""
+        B = len(feeds)
         P = self.prefix_chunks
-        layouts = [self._layout(w, prompt) for w in wavs]
-        steps = [n for n, _ in layouts]
-        total = max(steps)
-        bodies = [body for _, body in layouts]
+        head = self._prompt_frames(prompt)
+        head_chunks = len(head) // FRAME_SIZE
+        ends: list[int | None] = [None] * B  # the step after each slot's last one, once known
         chunk = torch.zeros(B, 1, FRAME_SIZE)
-        n_steps = torch.tensor(steps, device=self.lm.device)
         forcer = None
         if prompt is not None and prompt.text is not None:
             ids = list(self.tokenizer.encode(prompt.text))
             forcer = _PromptForcer([ids] * B, self.lm.device, self.padding_id)
         encoder = self.mimi.streaming_encoder(B, n_q=self.lm.cfg.n_q, exact=self.exact)
         gen = self._generator(B, temperature, seeds, forcer)
-        tokens = torch.full((B, total), -2, dtype=torch.long)
-        vad = torch.zeros(B, total, self.num_heads)
+        tokens: list[list[int]] = [[] for _ in range(B)]
+        vad = _Rows((B, self.num_heads))
+        total = self._expected_steps(feeds, head_chunks)
         bar = tqdm(total=total, desc="transcribing", unit="frame", disable=not progress, delay=1.0)
-        for s in range(total):
-            active = n_steps > s
-            mask = None if bool(active.all()) else active
+        s = 0
+        while True:
+            chunk.zero_()
+            r = s - P  # frames fed after the prefix silence
+            for b, feed in enumerate(feeds):
+                if ends[b] is not None or r < 0:
+                    continue
+                if r < head_chunks:
+                    chunk[b, 0] = torch.from_numpy(head[r * FRAME_SIZE : (r + 1) * FRAME_SIZE])
+                elif (frame := feed.next_frame()) is not None:
+                    chunk[b, 0, : len(frame)] = torch.from_numpy(frame)
+                else:
+                    ends[b] = s + self.suffix_chunks
+            alive = [end is None or s < end for end in ends]
+            if not any(alive):
+                break
+            active = torch.tensor(alive, device=self.lm.device)
+            mask = None if all(alive) else active
             if forcer is not None:
                 forcer.active = active
-            chunk.zero_()
-            start = (s - P) * FRAME_SIZE
-            for b, body in enumerate(bodies):
-                if 0 <= start < len(body):
-                    piece = body[start : start + FRAME_SIZE]
-                    chunk[b, 0, : len(piece)] = torch.from_numpy(piece)
             codes = encoder.step(chunk.to(self.lm.device), active=mask)
             out = gen.step(codes[:, :, 0], active=mask)
-            tokens[:, s] = out.tokens[:, 0].cpu()
+            for b, token in enumerate(out.tokens[:, 0].tolist()):
+                if alive[b]:
+                    tokens[b].append(token)
             if out.extra_heads:
-                vad[:, s] = torch.stack([h[:, 0] for h in out.extra_heads], dim=1).float().cpu()
+                vad.append(torch.stack([h[:, 0] for h in out.extra_heads], dim=1).float().cpu())
             bar.update()
+            s += 1
         bar.close()
+        all_vad = vad.stacked()
         results = []
-        for b, w in enumerate(wavs):
+        for b, feed in enumerate(feeds):
+            steps = len(tokens[b])
             forced = -1
             if forcer is not None:
                 forced = forcer.last_forced_step[b]
                 if forcer.position[b] < forcer.lengths[b]:
                     log.warning("the prompt text was not completed by the end of the audio")
-                    forced = steps[b]  # everything was constrained by the prompt: nothing is kept
-            results.append(
-                self._transcript(
-                    tokens[b, : steps[b]].tolist(), vad[b, : steps[b]], len(w) / SAMPLE_RATE, prompt, forced
-                )
-            )
+                    forced = steps  # everything was constrained by the prompt: nothing is kept
+            slot_vad = all_vad[:steps, b].clone() if len(all_vad) else torch.zeros(steps, self.num_heads)
+            results.append(self._transcript(tokens[b], slot_vad, feed.samples / SAMPLE_RATE, prompt, forced))
         return results
 
     def _prompt_cut(self, tokens: list[int], prompt: Prompt | None, last_forced_step: int) -> int:

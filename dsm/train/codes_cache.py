@@ -107,21 +107,27 @@ class CodesCache:
         return torch.from_numpy(np.ascontiguousarray(wav))
 
     def codes(self, path: str | Path, n_q: int, silence_frames: int = 0) -> torch.Tensor:
-        """Codes [n_q, ceil(samples / 1920) + silence_frames] (int64) of the file, from the cache if there."""
-        entry = self._entry(path, f"codes:{n_q}:{silence_frames}")
+        """Codes [n_q, ceil(samples / 1920) + silence_frames] (int64) of the file, from the cache if there.
+
+        Every codebook of the codec is computed and kept, so models reading fewer share the entry (the
+        first ``n_q`` codes of a residual quantizer do not depend on how many follow)."""
+        full = self.mimi.total_codebooks
+        if not 1 <= n_q <= full:
+            raise ValueError(f"n_q must lie in [1, {full}], got {n_q}")
+        entry = self._entry(path, f"codes:{full}:{silence_frames}")
         cached = self._load(entry)
         if cached is not None:
             self.hits += 1
-            return cached.long()
+            return cached[:n_q].long()
         self.misses += 1
         wav = self._wav(path)
         frame = self.mimi.frame_size
         wav = torch.nn.functional.pad(wav, (0, -wav.shape[0] % frame + silence_frames * frame))
         with torch.no_grad():
-            codes = self.mimi.encode(wav.view(1, 1, -1).to(self.device), n_q=n_q)[0].cpu()
+            codes = self.mimi.encode(wav.view(1, 1, -1).to(self.device), n_q=full)[0].cpu()
         dtype = torch.int16 if self.mimi.cardinality <= 32768 else torch.int32
         self._store(entry, codes.to(dtype))
-        return codes.long()
+        return codes[:n_q].long()
 
     def latent(self, path: str | Path, seconds: float) -> torch.Tensor:
         """Unquantized latent [round(seconds * 12.5), dim] (float32) of the file's first ``seconds``."""

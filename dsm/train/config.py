@@ -91,6 +91,9 @@ class SttTrainConfig:
 
     delay_seconds: float | None = None
     pad_weight: float = 0.5
+    # probability that a training input audio code is replaced by a uniformly random one (regularises a
+    # small model against memorising the exact codes of its utterances; 0 = off)
+    code_noise: float = 0.0
 
 
 @dataclass
@@ -254,6 +257,7 @@ def _validate(cfg: TrainConfig) -> None:
         (len(cfg.optim.betas) == 2, "[optim].betas must hold two numbers"),
         (cfg.optim.warmup_steps >= 0, "[optim].warmup_steps must be >= 0"),
         (0 <= cfg.tts.condition_dropout <= 1, "[tts].condition_dropout must lie in [0, 1]"),
+        (0 <= cfg.stt.code_noise < 1, "[stt].code_noise must lie in [0, 1)"),
         (cfg.lora.rank >= 1, "[lora].rank must be >= 1"),
         (cfg.model.export_dtype in ("bfloat16", "float32"), "[model].export_dtype: bfloat16 or float32"),
     ]

@@ -123,8 +123,7 @@ def load_setup(cfg: TrainConfig, device: torch.device) -> LMSetup:
             f"{lm.cfg.text_card}"
         )
     mimi_cfg = MimiConfig.from_dict(m.mimi_config) if m.mimi_config else None
-    audio_rows = max(lm.cfg.n_q, 1)
-    mimi = load_mimi(mimi_path, config=mimi_cfg, device=device, num_codebooks=min(audio_rows, 32))
+    mimi = load_mimi(mimi_path, config=mimi_cfg, device=device)  # all codebooks: one codes cache entry
     if lm.cfg.n_q > mimi.total_codebooks:
         raise InputError(f"the LM reads {lm.cfg.n_q} codebooks but the Mimi has {mimi.total_codebooks}")
     lm.train()

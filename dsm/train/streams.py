@@ -197,6 +197,19 @@ def stt_example(
     return LMExample(grid, text.clone(), text_weights(text, pad_weight))
 
 
+def noisy_audio(
+    codes: torch.Tensor, prob: float, card: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A copy of batch codes [B, K, T] whose audio rows (1..K-1) have each real code (>= 0) replaced by a
+    uniformly random one of ``card`` with probability ``prob``; the text row and special tokens are kept."""
+    out = codes.clone()
+    audio = out[:, 1:]
+    hit = (torch.rand(audio.shape, generator=generator) < prob).to(audio.device) & (audio >= 0)
+    random_codes = torch.randint(0, card, audio.shape, generator=generator).to(audio.device)
+    audio[hit] = random_codes[hit]
+    return out
+
+
 def tts_example(
     codes: torch.Tensor,
     words: Sequence[AlignedWord],

@@ -3,18 +3,21 @@
 Each item's audio is followed by ``delay + 4`` silent frames so the last word's tokens fit; the text row is
 `dsm.train.streams.stt_text_stream` (0 at frame(start) + delay, then the word's pieces, padding 3 elsewhere).
 Only text is predicted (dep_q = 0), so the loss is the text cross-entropy with padding weighted by
-``[stt].pad_weight``. The exported model directory loads in `dsm.stt.Transcriber`.
+``[stt].pad_weight``; ``[stt].code_noise`` replaces a fraction of the input audio codes by random ones
+during training. The exported model directory loads in `dsm.stt.Transcriber`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from dsm.errors import InputError
 from dsm.stt.checkpoint import SttConfig
 from dsm.train.dataset import LMItem
 from dsm.train.lm_task import LMTask
-from dsm.train.streams import FRAME_RATE, LMExample, delay_frames, stt_example
+from dsm.train.streams import FRAME_RATE, LMBatch, LMExample, delay_frames, noisy_audio, stt_example
 
 DEFAULT_DELAY_SECONDS = 0.5
 # Silent frames after the delay, so that a last word's first pieces fit in the stream.
@@ -40,12 +43,28 @@ class SttTask(LMTask):
             raise InputError(f"{self.cfg.source}: [stt].delay_seconds must be >= 0, got {delay}")
         self.delay_seconds = delay
         self.delay = delay_frames(delay, FRAME_RATE)
+        self.noise_rng = torch.Generator().manual_seed(self.cfg.run.seed + 7919)
 
     def silence_frames(self) -> int:
         return self.delay + TAIL_FRAMES
 
     def example(self, item: LMItem) -> LMExample:
         return stt_example(item.codes, item.words, self.delay, self.cfg.stt.pad_weight)
+
+    def make_batch(self, items: list[LMItem], train: bool) -> LMBatch:
+        batch = super().make_batch(items, train)
+        noise = self.cfg.stt.code_noise
+        if train and noise > 0:
+            batch.codes = noisy_audio(batch.codes, noise, self.lm.cfg.card, self.noise_rng)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "noise_rng": self.noise_rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "noise_rng" in state:
+            self.noise_rng.set_state(state["noise_rng"])
 
     def export_updates(self) -> dict[str, Any]:
         old = SttConfig.from_dict(self.setup.raw_config.get("stt_config"))
