@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dsm.audio import read_audio
+from dsm.audio import read_audio, stream_audio
 from dsm.cli.common import STDIO, add_checkpoint_options, check_parent, checkpoint_kwargs, label
 from dsm.errors import DsmError, InputError
 from dsm.stt.formats import FORMATS, render, to_json
@@ -65,16 +65,21 @@ def _show_progress(args: argparse.Namespace) -> bool:
 @dataclass
 class _Input:
     name: str  # as given on the command line ("-" for stdin)
-    audio: np.ndarray
+    audio: np.ndarray | str  # stdin's samples, or a file's path (streamed from disk when transcribed)
 
 
 def _read_inputs(paths: Sequence[str]) -> tuple[list[_Input], list[str]]:
-    """Decoded inputs, and an error message per input that could not be read (the others go on)."""
-    inputs, errors = [], []
+    """Inputs checked to be readable (files are opened, not decoded: they stream when transcribed), and
+    an error message per input that could not be read (the others go on)."""
+    inputs: list[_Input] = []
+    errors: list[str] = []
     for path in paths:
         try:
-            source = sys.stdin.buffer if path == STDIO else path
-            wav = read_audio(source, SAMPLE_RATE, name=label(path))
+            if path != STDIO:
+                stream_audio(path, SAMPLE_RATE, name=label(path)).close()  # fails now if unreadable or empty
+                inputs.append(_Input(path, path))
+                continue
+            wav = read_audio(sys.stdin.buffer, SAMPLE_RATE, name=label(path))
             if len(wav) == 0:
                 raise InputError(f"{label(path)}: audio is empty (0 samples)")
             inputs.append(_Input(path, wav))
@@ -149,8 +154,10 @@ def _live(transcriber: Transcriber, item: _Input, args: argparse.Namespace) -> N
         out.flush()
 
     chunk = 1920 * 5  # feed 0.4 s at a time
-    for start in range(0, len(item.audio), chunk):
-        show(stream.push(item.audio[start : start + chunk]))
+    blocks = [item.audio] if isinstance(item.audio, np.ndarray) else stream_audio(item.audio, SAMPLE_RATE)
+    for block in blocks:
+        for start in range(0, len(block), chunk):
+            show(stream.push(block[start : start + chunk]))
     show(stream.flush())
     out.write("\n")
     out.flush()
