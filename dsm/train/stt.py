@@ -43,7 +43,8 @@ class SttTask(LMTask):
             raise InputError(f"{self.cfg.source}: [stt].delay_seconds must be >= 0, got {delay}")
         self.delay_seconds = delay
         self.delay = delay_frames(delay, FRAME_RATE)
-        self.noise_rng = torch.Generator().manual_seed(self.cfg.run.seed + 7919)
+        # per rank, as the TTS trainer's generator: each rank draws its own noise for its own slice
+        self.noise_rng = torch.Generator().manual_seed(self.cfg.run.seed * 7919 + self.info.rank + 1)
 
     def silence_frames(self) -> int:
         return self.delay + TAIL_FRAMES
