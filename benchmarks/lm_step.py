@@ -76,7 +76,7 @@ FRAME_MS = 80.0
 MIN_STEPS = 2  # timed steps kept when --max-batch-seconds cuts a batch size short
 MEMORY_RESERVE = 1.5e9  # bytes left free when deciding which generators can be alive together
 BUSY_WARNING = 0.05  # share of the CPU taken by other processes above which timings are flagged
-NAMES = {"ref": "reference", "fast": "dsm fast", "exact": "dsm exact"}
+NAMES = {"ref": "reference", "fast": "dsm fast", "exact": "dsm exact", "int8": "dsm int8", "int4": "dsm int4"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,9 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--modes",
         nargs="+",
-        choices=["fast", "exact"],
+        choices=["fast", "exact", "int8", "int4"],
         default=["fast", "exact"],
-        help="dsm kernels: fast (dsm's default) and/or exact (the reference's own kernels)",
+        help="dsm kernels: fast (dsm's default), exact (the reference's own kernels), int8 / int4 (fast with "
+        "weight-only quantized products, dsm.nn.quant)",
     )
     p.add_argument(
         "--max-batch-seconds",
@@ -239,7 +240,8 @@ def make_reference(ref, RefGen, batch: int) -> Contender:
 
 
 def make_dsm(model, batch: int, mode: str) -> Contender:
-    gen = LMGen(model, batch, temp=0, temp_text=0, exact=mode == "exact")
+    quantize = mode if mode in ("int8", "int4") else None
+    gen = LMGen(model, batch, temp=0, temp_text=0, exact=mode == "exact", quantize=quantize)
     kv = sum(t.nbytes for t in gen.state.keys + gen.state.values)
     return Contender(mode, lambda audio: gen.step(audio).tokens[:, 0], kv)
 

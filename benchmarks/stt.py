@@ -10,19 +10,21 @@ One `--seconds` long test signal (default 60 s) is transcribed by
 * the reference: the DSM scripts' recipe (`stt_from_file_pytorch.py`): streaming Mimi encode of each 80 ms
   chunk, then `LMGen.step`, greedy, with the config's prefix and suffix silence (0 and 7 chunks for
   stt-1b-en_fr);
-* dsm: `Transcriber.transcribe` (fast kernels, and with `--exact` also the reference's own kernels).
+* dsm: `Transcriber.transcribe` (fast kernels, and with `--exact` also the reference's own kernels; with
+  `--quantize int8 [int4]` also the fast kernels with weight-only quantized LM products).
 
 Both run frame by frame, their steps alternating in a rotating order so that load from other processes
 falls on all of them alike (on a busy 2-core machine a sequential comparison is meaningless); each
 implementation's time is the sum of its own steps. dsm runs its live session (`SttStream.push` of each
-80 ms chunk: Mimi encode + one LM step), which costs the same per step as `Transcriber.transcribe`.
+80 ms chunk: Mimi encode + one LM step). Then each dsm mode transcribes the same samples as a file
+(`Transcriber.transcribe`, alone; in fast mode Mimi encodes 16 frames per call there), the offline figure.
 
 Reported: processing seconds, real-time factor (processing time / audio time; < 1 is faster than real
 time), speed-up, the fraction of identical text tokens, and the per-frame streaming latency (median and
 p90 of one chunk). The random model's text is meaningless; the timing is what counts.
 
     python benchmarks/stt.py [--seconds 60] [--layers 16] [--dtype bfloat16|float32] [--threads 2]
-        [--exact] [--json PATH]
+        [--exact] [--quantize int8 int4] [--json PATH]
 
 Needs the reference package (`pip install moshi==0.2.13`); dsm itself never imports it.
 """
@@ -71,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--exact", action="store_true", help="also time dsm with the reference kernels")
+    p.add_argument(
+        "--quantize", nargs="*", choices=["int8", "int4"], default=[], help="also time dsm quantized"
+    )
     p.add_argument("--json", metavar="PATH")
     return p.parse_args(argv)
 
@@ -163,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     # Steps of the implementations alternate, in a rotating order, so that load from other processes
     # falls on all of them alike; each one's time is the sum of its own steps.
-    modes = ["fast"] + (["exact"] if args.exact else [])
+    modes = ["fast"] + (["exact"] if args.exact else []) + list(dict.fromkeys(args.quantize))
     contenders: dict[str, Any] = {"reference": ReferenceRecipe(ref_mimi, ref_lm)}
     for mode in modes:
         transcriber.exact = mode == "exact"
+        transcriber.quantize = mode if mode in ("int8", "int4") else None
         contenders[mode] = DsmStream(transcriber)
-    transcriber.exact = False
+    transcriber.exact, transcriber.quantize = False, None
     times: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     start_wall = time.perf_counter()
@@ -190,6 +196,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         results[f"latency_{mode}"] = ms_stats(times[mode][2:])
 
+    # Offline file transcription (`Transcriber.transcribe`: Mimi encodes 16 frames per call in fast mode),
+    # each mode alone after the interleaved run.
+    for mode in modes:
+        transcriber.exact = mode == "exact"
+        transcriber.quantize = mode if mode in ("int8", "int4") else None
+        start = time.perf_counter()
+        transcript = transcriber.transcribe(wav.numpy())
+        results[f"{mode}_file_s"] = time.perf_counter() - start
+        results[f"{mode}_file_same_tokens"] = sum(
+            a == b for a, b in zip(transcript.tokens, ref_tokens, strict=True)
+        ) / len(ref_tokens)
+    transcriber.exact, transcriber.quantize = False, None
+
     rows = [
         [
             "reference recipe",
@@ -199,17 +218,18 @@ def main(argv: list[str] | None = None) -> int:
             "-",
         ]
     ]
-    for mode in modes:
-        t = results[f"{mode}_s"]
-        rows.append(
-            [
-                f"dsm {mode}",
-                fmt(t, 1),
-                fmt(t / args.seconds, 3),
-                f"{results['reference_s'] / t:.2f}x",
-                f"{100 * results[f'{mode}_same_tokens']:.1f} %",
-            ]
-        )
+    for suffix, label in (("", ""), ("_file", ", file (transcribe)")):
+        for mode in modes:
+            t = results[f"{mode}{suffix}_s"]
+            rows.append(
+                [
+                    f"dsm {mode}{label}",
+                    fmt(t, 1),
+                    fmt(t / args.seconds, 3),
+                    f"{results['reference_s'] / t:.2f}x",
+                    f"{100 * results[f'{mode}{suffix}_same_tokens']:.1f} %",
+                ]
+            )
     print_table(["implementation", "seconds", "RTF", "speed-up", "same tokens"], rows)
     lat = [
         [

@@ -32,7 +32,7 @@ reference's bf16 ones (they differ by construction).
 Timings are noisy when other processes share the CPU: the share of CPU time they took is printed.
 
     python benchmarks/tts_step.py [--threads 2] [--batch-sizes 1 4 16] [--steps 6] [--warmup 2]
-        [--layers 16] [--dtype bfloat16] [--dsm-dtypes bfloat16 float32] [--modes fast exact]
+        [--layers 16] [--dtype bfloat16] [--dsm-dtypes bfloat16 float32] [--modes fast exact int8 int4]
         [--skip-reference] [--json PATH]
 
 Needs the reference package (`pip install moshi==0.2.13`); dsm itself never imports it.
@@ -88,7 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["bfloat16"],
         help="dsm weight dtypes to time (default: bfloat16; float32 = upcast bf16 weights, 2x memory)",
     )
-    p.add_argument("--modes", nargs="+", choices=["fast", "exact"], default=["fast"], help="dsm kernels")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["fast", "exact", "int8", "int4"],
+        default=["fast"],
+        help="dsm kernels: fast, exact, or fast with weight-only int8 / int4 products (dsm.nn.quant)",
+    )
     p.add_argument("--skip-reference", action="store_true", help="time dsm only")
     p.add_argument("--seed", type=int, default=0, help="weights, texts and sampling seed")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -180,6 +186,7 @@ def load_dsm(setup: dict, dtype: torch.dtype, mode: str, max_steps: int) -> Synt
         voice_repo=str(setup["tmp"] / "voices"),
         max_steps=max_steps,
         exact=mode == "exact",
+        quantize=mode if mode in ("int8", "int4") else None,
     )
 
 

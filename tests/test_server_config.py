@@ -64,7 +64,7 @@ def test_env_expansion_and_paths(tmp_path, monkeypatch):
     (asr,) = cfg.asr
     assert asr.lm_model_file == str(tmp_path / "w.safetensors") and asr.hf_repo == str(tmp_path)
     assert asr.path == "/api/asr-streaming" and asr.openai_path == "/v1/audio/transcriptions"
-    assert asr.idle_timeout_s == 120 and asr.max_session_s == 0 and not asr.exact
+    assert asr.idle_timeout_s == 120 and asr.max_session_s == 0 and not asr.exact and asr.quantize is None
     (tts,) = cfg.tts
     assert tts.path == "/api/tts_streaming" and tts.openai_path == "/v1/audio/speech"
     # hf-snapshot:// is left to the TTS module; other strings of the py table are expanded recursively.
@@ -100,6 +100,10 @@ def test_second_module_of_a_kind_gets_no_openai_route():
             "batch_size: expected an integer",
         ),
         ({"authorized_ids": [], "modules": {"m": {**ASR, "exact": 1}}}, "exact: expected true or false"),
+        (
+            {"authorized_ids": [], "modules": {"m": {**ASR, "quantize": "int3"}}},
+            "quantize: expected one of int8",
+        ),
         ({"authorized_ids": [], "modules": {"m": {**ASR, "path": "api"}}}, "must start with '/'"),
         ({"authorized_ids": [], "modules": {"a": ASR, "b": ASR}}, "already used"),
         (

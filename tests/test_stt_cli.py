@@ -123,6 +123,16 @@ def test_errors(stt_assets, repo, capsys, tmp_path):
     assert code == 2 and "empty.wav" in err
     code, _, err = run(capsys, "stt", a, "--hf-repo", repo, "--prompt-text", " ")
     assert code == 2 and "prompt text is empty" in err
+    code, _, err = run(capsys, "stt", a, "--hf-repo", repo, "--quantize", "int8", "--exact")
+    assert code == 2 and "drop exact or quantize" in err
+
+
+def test_quantized_transcription(stt_assets, repo, api, capsys):
+    """`--quantize int8` runs the LM's products in int8 (tokens of this model: the same as unquantized)."""
+    path = stt_assets["audio"]["a"]
+    code, out, err = run(capsys, "stt", path, "--hf-repo", repo, "--quantize", "int8", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["text"] == api.transcribe(path).text
 
 
 def test_eval_reports_wer_and_speed(stt_assets, repo, api, capsys, tmp_path):

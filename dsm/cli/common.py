@@ -16,6 +16,7 @@ from dsm.bundled import bundled
 from dsm.codec import Mimi, MimiConfig, load_mimi
 from dsm.errors import CheckpointError, InputError
 from dsm.hub import mimi_file, repo_config
+from dsm.nn.quant import KINDS
 
 log = logging.getLogger("dsm.cli")
 
@@ -213,8 +214,8 @@ def add_checkpoint_options(
 ) -> None:
     """Kyutai's model flags for a DSM checkpoint: a hub repo (or a local directory laid out like one),
     each file overridable (an explicit file wins over the repo's), the device and, with ``dtype_help``
-    (the default, for the help), the LM dtype. Without any of them dsm's bundled model is used;
-    ``published`` names Kyutai's model in the help."""
+    (the default, for the help), the LM dtype and quantization. Without any of them dsm's bundled model
+    is used; ``published`` names Kyutai's model in the help."""
     group = parser.add_argument_group("model")
     repo_help = (
         f"Hugging Face repo id (e.g. {published}), or a local directory laid out like one (default: dsm's "
@@ -232,6 +233,12 @@ def add_checkpoint_options(
         group.add_argument(
             "--dtype", choices=sorted(DTYPES), help=f"LM weights dtype (default: {dtype_help})"
         )
+        group.add_argument(
+            "--quantize",
+            choices=KINDS,
+            help="weight-only quantized LM products on CPU: int8 (about 2x faster steps) or int4 "
+            "(faster, lossier); default: none",
+        )
 
 
 def checkpoint_files(args: argparse.Namespace) -> dict:
@@ -248,4 +255,5 @@ def checkpoint_kwargs(args: argparse.Namespace) -> dict:
         **checkpoint_files(args),
         "device": args.device,
         "dtype": DTYPES[args.dtype] if args.dtype else None,
+        "quantize": args.quantize,
     }

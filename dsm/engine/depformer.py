@@ -97,7 +97,8 @@ def _audio_tables(model: LMModel) -> list[torch.Tensor]:
 
 
 class FastDepformer:
-    """Samples `dep_q` codebooks for `rows` streams (2x the slots under CFG) in one generation step."""
+    """Samples `dep_q` codebooks for `rows` streams (2x the slots under CFG) in one generation step.
+    `linear` replaces the products (e.g. `dsm.nn.quant.WeightOnlyLinear`)."""
 
     def __init__(
         self,
@@ -106,6 +107,7 @@ class FastDepformer:
         dep_q: int,
         exact: bool = False,
         attention_dtype: torch.dtype | None = None,
+        linear: Linear | None = None,
     ):
         if not supports_fast_depformer(model):
             raise ValueError("this depformer needs the generic streaming path")
@@ -129,7 +131,7 @@ class FastDepformer:
         self.values = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in dep.layers]
         self.exact = exact
         skinny = weight.dtype == torch.float32 and weight.device.type == "cpu" and rows <= SKINNY_ROWS
-        self.linear: Linear = _skinny if skinny and not exact else F.linear
+        self.linear: Linear = linear or (_skinny if skinny and not exact else F.linear)
         self.tables = None if exact else _audio_tables(model)
         self.layers = [_Layer(layer, exact) for layer in dep.layers]
         self.out_norms = [_norm(m, exact) for m in model.depformer_norms]

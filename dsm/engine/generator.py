@@ -47,7 +47,9 @@ class LMGen:
     `condition_sum` / `condition_cross` with 2B rows (conditional first, null second), or use
     `cfg_is_no_text` to build the null copy by masking text. `attention_dtype` (e.g. float32 for a
     bf16 model on CPU, see `dsm.nn.transformer.cpu_attention_dtype`) holds keys/values and runs
-    attention in another dtype than the model's (not exact then).
+    attention in another dtype than the model's (not exact then). `quantize` ("int8" or "int4", CPU)
+    runs the products of the streaming step with weight-only quantized weights (`dsm.nn.quant`; the
+    model keeps its own weights, quantized copies are shared by every generator of the model).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class LMGen:
         dep_q: int | None = None,
         exact: bool = False,
         attention_dtype: torch.dtype | None = None,
+        quantize: str | None = None,
         on_text_logits: Callable[[torch.Tensor], None] | None = None,
         on_text: Callable[[torch.Tensor], None] | None = None,
         on_audio: Callable[[torch.Tensor], None] | None = None,
@@ -104,11 +107,15 @@ class LMGen:
                 raise InputError(f"{name} must have {rows} rows (2 per slot under CFG), got {cond.shape[0]}")
         self.condition_sum = None if condition_sum is None else condition_sum.to(model.dtype)
         self.condition_cross = None if condition_cross is None else condition_cross.to(model.dtype)
+        if quantize is not None and exact:
+            raise InputError("quantized weights cannot reproduce the reference: drop exact or quantize")
+        linear = model.quantized_linear(quantize) if quantize is not None else None
         self.state = model.transformer.init_state(rows, fast=not exact, attention_dtype=attention_dtype)
+        self.state.linear = linear
         self.depformer_state = model.depformer.init_state(rows, fast=not exact) if model.depformer else None
         self.fast_depformer = None
         if self.dep_q > 0 and supports_fast_depformer(model):
-            self.fast_depformer = FastDepformer(model, rows, self.dep_q, exact, attention_dtype)
+            self.fast_depformer = FastDepformer(model, rows, self.dep_q, exact, attention_dtype, linear)
         self.generators = None
         self.generator = generator
         if seeds is not None and generator is not None:

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dsm.errors import InputError
 from dsm.lm.conditioners import ConditionFuser, ConditionProvider
 from dsm.lm.config import LMConfig
+from dsm.nn.quant import WeightOnlyLinear
 from dsm.nn.transformer import Transformer, TransformerState, make_norm
 
 ZERO_TOKEN = -1
@@ -134,6 +136,27 @@ class LMModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.text_linear.weight.device
+
+    def quantized_linear(self, kind: str) -> WeightOnlyLinear:
+        """The weight-only quantized product of this model's streaming steps for `kind` ("int8" or
+        "int4"), made (and its weights quantized) once per model and kind."""
+        cache = self.__dict__.setdefault("_quantized_linears", {})
+        if kind not in cache:
+            if self.device.type != "cpu":
+                raise InputError(f"{kind} weight-only quantization runs on CPU only (model on {self.device})")
+            linear = WeightOnlyLinear(kind)
+            linear.prepare(self.product_weights())
+            cache[kind] = linear
+        return cache[kind]
+
+    def product_weights(self) -> list[torch.Tensor]:
+        """The weights the streaming step multiplies by (temporal and depth transformers, depformer
+        input projections and heads); the text head and embeddings are not among them."""
+        weights = [w for layer in self.transformer.layers for w in layer.product_weights()]
+        if self.depformer is not None:
+            weights += [w for layer in self.depformer.layers for w in layer.product_weights()]
+            weights += [m.weight for m in self.depformer_in] + [m.weight for m in self.linears]
+        return weights
 
     def initial_tokens(self) -> torch.Tensor:
         """[1, K, 1]: text_card for text, card for every audio codebook."""

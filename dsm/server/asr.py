@@ -227,6 +227,7 @@ class BatchedAsr:
             top_k_text=model.top_k,
             seeds=[random.getrandbits(63) for _ in range(batch_size)] if self._sampling else None,
             exact=model.exact,
+            quantize=model.quantize,
         )
         self._frames = torch.zeros(batch_size, 1, FRAME)
         metrics = metrics or Registry()

@@ -54,6 +54,7 @@ class AsrModel:
     temperature: float = 0.0
     top_k: int = 50
     exact: bool = False
+    quantize: str | None = None
     description: str = ""
 
     @property
@@ -279,5 +280,6 @@ def load_asr_model(cfg: AsrModuleConfig, device: str | None = None) -> AsrModel:
         temperature=cfg.temperature,
         top_k=top_k,
         exact=cfg.exact,
+        quantize=cfg.quantize,
         description=f"{weights.name} ({lm_config.num_layers} layers, dim {lm_config.dim}) on {dev}, {dtype}",
     )

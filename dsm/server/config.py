@@ -27,6 +27,7 @@ from typing import Any
 
 from dsm.bundled import bundled
 from dsm.errors import CheckpointError, InputError
+from dsm.nn.quant import KINDS
 
 BUNDLED = "bundled"  # as `hf_repo`: dsm's bundled English model of the module's kind (dsm.bundled)
 
@@ -163,6 +164,12 @@ class _Table:
     def table(self, key: str) -> dict[str, Any] | None:
         return self._get(key, (dict,), "a table", None, False)
 
+    def choice(self, key: str, choices: tuple[str, ...]) -> str | None:
+        value = self.str(key)
+        if value is not None and value not in choices:
+            raise InputError(f"{self.where}.{key}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
     def path(self, key: str, required: bool = False) -> str | None:
         value = self.str(key, required=required)
         return None if value is None else resolve_string(value, f"{self.where}.{key}")
@@ -178,7 +185,8 @@ class AsrModuleConfig:
     dsm extensions (all optional): `hf_repo` (a hub repo or local model directory: files and architecture
     from its config.json; `"bundled"`: dsm's bundled English STT), `config_file` (a Kyutai
     config.json instead of the `model` table), `device` (`auto`, `cpu`, `cuda`...), `exact` (reference
-    kernels, bit-exact with offline transcription), `mimi_config` (a table of `MimiConfig` fields for
+    kernels, bit-exact with offline transcription), `quantize` (`int8` / `int4`: weight-only quantized
+    LM products on CPU, `dsm.nn.quant`), `mimi_config` (a table of `MimiConfig` fields for
     non-standard codecs), `audio_silence_prefix_seconds` and `audio_delay_seconds` (the offline recipe of
     the REST endpoints; default: the model's `stt_config`, else 0 and `asr_delay_in_tokens / 12.5`),
     `idle_timeout_s` (120: no binary message), `max_session_s` (0: unlimited), `max_message_bytes` (16
@@ -201,6 +209,7 @@ class AsrModuleConfig:
     config_file: str | None = None
     device: str = "auto"
     exact: bool = False
+    quantize: str | None = None
     mimi_config: dict[str, Any] | None = None
     audio_silence_prefix_seconds: float | None = None
     audio_delay_seconds: float | None = None
@@ -276,6 +285,7 @@ class AsrModuleConfig:
     def _extensions(self, t: _Table) -> None:
         self.device = _opt_expand(t.str("device")) or self.device
         self.exact = t.bool("exact", False)
+        self.quantize = t.choice("quantize", KINDS)
         self.mimi_config = t.table("mimi_config")
         self.audio_silence_prefix_seconds = t.float("audio_silence_prefix_seconds", minimum=0.0)
         self.audio_delay_seconds = t.float("audio_delay_seconds", minimum=0.0)
@@ -294,8 +304,8 @@ class TtsModuleConfig:
     `voice_folder`, `default_voice`, `cfg_coef`, `n_q`, `temp`, padding settings...). dsm extensions:
     `device`, `openai_path` (default: `/v1/audio/speech` for the first TTS module; "" disables it),
     `idle_timeout_s` (30: no message while the session waits for text), `max_session_s` (0: unlimited),
-    `max_message_bytes`, `post_slot_wait_s` (100), `exact`, `dtype_override` (`bf16` default, `f32`),
-    `mimi_config` (as for `BatchedAsr`)."""
+    `max_message_bytes`, `post_slot_wait_s` (100), `exact`, `quantize`, `dtype_override` (`bf16` default,
+    `f32`), `mimi_config` (as for `BatchedAsr`)."""
 
     name: str
     path: str
@@ -310,6 +320,7 @@ class TtsModuleConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     post_slot_wait_s: float = 100.0
     exact: bool = False
+    quantize: str | None = None
     dtype_override: str | None = None
     mimi_config: dict[str, Any] | None = None
     type: str = "Py"
@@ -331,6 +342,7 @@ class TtsModuleConfig:
             max_message_bytes=t.int("max_message_bytes", 16 * 1024 * 1024, minimum=1024),
             post_slot_wait_s=t.float("post_slot_wait_s", 100.0, minimum=0.0),
             exact=t.bool("exact", False),
+            quantize=t.choice("quantize", KINDS),
             dtype_override=t.str("dtype_override"),
             mimi_config=t.table("mimi_config"),
         )

@@ -133,6 +133,7 @@ class TtsService:
             dtype=parse_dtype(cfg.dtype_override, dev),
             mimi_config=mimi_config_from_table(cfg.mimi_config, f"modules.{cfg.name}"),
             exact=cfg.exact,
+            quantize=cfg.quantize,
             **options,
         )
         # the reference server's default voice, unless the model's config names its own

@@ -49,6 +49,9 @@ SAMPLE_RATE = 24_000
 FRAME_SIZE = 1920
 # Silent chunks between an audio prompt and the audio to transcribe (the DSM prompt script's 0.8 s).
 PROMPT_SEPARATOR_CHUNKS = 10
+# Frames per Mimi encoder call in offline transcription (fast mode): the encoder's cost per frame falls
+# from 23 ms (1 frame) to 4.6 ms (16 frames) for Kyutai's Mimi on a 2-core AVX2 CPU.
+ENCODE_BLOCK = 16
 
 
 @dataclass
@@ -217,6 +220,8 @@ class Transcriber:
     ``exact=True`` runs the reference kernels (bit-identical to Kyutai's streaming code in float32); the
     default uses faster kernels that agree up to float rounding. ``temperature`` 0 is greedy (the DSM
     scripts' setting); otherwise text tokens are sampled among the ``top_k`` most likely.
+    ``quantize`` ("int8" or "int4", CPU) runs the LM's streaming products with weight-only quantized
+    weights (`dsm.nn.quant`): 2-3x faster steps on CPU, at the cost of exactness.
     """
 
     def __init__(
@@ -229,6 +234,7 @@ class Transcriber:
         exact: bool = False,
         temperature: float = 0.0,
         top_k: int = 50,
+        quantize: str | None = None,
     ) -> None:
         if lm.cfg.n_q - lm.cfg.dep_q > mimi.total_codebooks:
             raise InputError(f"the LM reads {lm.cfg.n_q} codebooks but Mimi has {mimi.total_codebooks}")
@@ -238,7 +244,12 @@ class Transcriber:
         if not isinstance(stt_config, SttConfig):
             stt_config = SttConfig.from_dict(stt_config)
         self.stt_config = stt_config
+        if quantize is not None and exact:
+            raise InputError("quantized weights cannot reproduce the reference: drop exact or quantize")
         self.exact = exact
+        self.quantize = quantize
+        if quantize is not None:
+            lm.quantized_linear(quantize)  # checks the kind and the device now, not at the first file
         self.temperature = temperature
         self.top_k = top_k
         self.padding_id = lm.cfg.existing_text_padding_id
@@ -257,6 +268,7 @@ class Transcriber:
         mimi_config: MimiConfig | None = None,
         exact: bool = False,
         temperature: float = 0.0,
+        quantize: str | None = None,
     ) -> Transcriber:
         """Load from a hub repo / model directory and/or explicit files (see `SttCheckpoint.resolve`);
         with none of them, dsm's bundled English model (`dsm.bundled`, offline).
@@ -280,7 +292,16 @@ class Transcriber:
         mimi = load_mimi(ckpt.mimi_weight, config=mimi_config, device=device, num_codebooks=lm_config.n_q)
         lm = load_lm(ckpt.moshi_weight, lm_config, device=device, dtype=dtype)
         top_k = int(ckpt.lm_gen_config.get("top_k_text", 50))
-        return cls(mimi, lm, tok, ckpt.stt_config, exact=exact, temperature=temperature, top_k=top_k)
+        return cls(
+            mimi,
+            lm,
+            tok,
+            ckpt.stt_config,
+            exact=exact,
+            temperature=temperature,
+            top_k=top_k,
+            quantize=quantize,
+        )
 
     # -- recipe ---------------------------------------------------------------------------------
     @property
@@ -313,6 +334,7 @@ class Transcriber:
             top_k_text=self.top_k,
             seeds=seeds,
             exact=self.exact,
+            quantize=self.quantize,
             on_text_logits=None if forcer is None else forcer.on_text_logits,
             on_text=None if forcer is None else forcer.on_text,
         )
@@ -447,7 +469,24 @@ class Transcriber:
         head = self._prompt_frames(prompt)
         head_chunks = len(head) // FRAME_SIZE
         ends: list[int | None] = [None] * B  # the step after each slot's last one, once known
-        chunk = torch.zeros(B, 1, FRAME_SIZE)
+        # Fast mode encodes ENCODE_BLOCK frames per encoder call (the codec's weights are read once per
+        # block instead of once per frame); exact mode encodes frame by frame, as the reference recipe.
+        block = 1 if self.exact else ENCODE_BLOCK
+        frames = torch.zeros(B, 1, block * FRAME_SIZE)
+
+        def fill(step: int, out: torch.Tensor) -> None:
+            """The frame of every slot at `step` into `out` [B, FRAME_SIZE] (zero: silence)."""
+            r = step - P  # frames fed after the prefix silence
+            for b, feed in enumerate(feeds):
+                if ends[b] is not None or r < 0:
+                    continue
+                if r < head_chunks:
+                    out[b] = torch.from_numpy(head[r * FRAME_SIZE : (r + 1) * FRAME_SIZE])
+                elif (frame := feed.next_frame()) is not None:
+                    out[b, : len(frame)] = torch.from_numpy(frame)
+                else:
+                    ends[b] = step + self.suffix_chunks
+
         forcer = None
         if prompt is not None and prompt.text is not None:
             ids = list(self.tokenizer.encode(prompt.text))
@@ -459,18 +498,13 @@ class Transcriber:
         total = self._expected_steps(feeds, head_chunks)
         bar = tqdm(total=total, desc="transcribing", unit="frame", disable=not progress, delay=1.0)
         s = 0
+        codes = torch.zeros(0)
         while True:
-            chunk.zero_()
-            r = s - P  # frames fed after the prefix silence
-            for b, feed in enumerate(feeds):
-                if ends[b] is not None or r < 0:
-                    continue
-                if r < head_chunks:
-                    chunk[b, 0] = torch.from_numpy(head[r * FRAME_SIZE : (r + 1) * FRAME_SIZE])
-                elif (frame := feed.next_frame()) is not None:
-                    chunk[b, 0, : len(frame)] = torch.from_numpy(frame)
-                else:
-                    ends[b] = s + self.suffix_chunks
+            j = s % block
+            if j == 0:
+                frames.zero_()
+                for i in range(block):
+                    fill(s + i, frames[:, 0, i * FRAME_SIZE : (i + 1) * FRAME_SIZE])
             alive = [end is None or s < end for end in ends]
             if not any(alive):
                 break
@@ -478,8 +512,9 @@ class Transcriber:
             mask = None if all(alive) else active
             if forcer is not None:
                 forcer.active = active
-            codes = encoder.step(chunk.to(self.lm.device), active=mask)
-            out = gen.step(codes[:, :, 0], active=mask)
+            if j == 0:  # slots that end within the block are encoded on (silence), their codes unused
+                codes = encoder.step(frames.to(self.lm.device), active=mask)
+            out = gen.step(codes[:, :, j], active=mask)
             for b, token in enumerate(out.tokens[:, 0].tolist()):
                 if alive[b]:
                     tokens[b].append(token)

@@ -115,7 +115,8 @@ class Synthesizer:
     0.5), other models run real CFG. `padding_bonus` > 0 slows the speech down, < 0 speeds it up.
     `exact=True` runs the reference's kernels (same codes as the reference at a given seed); the default
     fast kernels agree to float rounding, attend in float32 on CPU and keep the cross-attention keys and
-    values of the last `cross_cache_size` voices, so a voice used again starts sooner.
+    values of the last `cross_cache_size` voices, so a voice used again starts sooner. `quantize`
+    ("int8" or "int4", CPU) runs the streaming products with weight-only quantized weights (`dsm.nn.quant`).
     """
 
     def __init__(
@@ -143,6 +144,7 @@ class Synthesizer:
         max_words_per_chunk: int = 80,
         exact: bool = False,
         cross_cache_size: int = 4,
+        quantize: str | None = None,
     ) -> None:
         cfg = lm.cfg
         if cfg.dep_q == 0:
@@ -172,7 +174,12 @@ class Synthesizer:
         self.final_padding, self.padding_between = final_padding, padding_between
         self.max_steps, self.max_chars = max_steps, max_chars
         self.max_words_per_chunk = max_words_per_chunk
+        if quantize is not None and exact:
+            raise InputError("quantized weights cannot reproduce the reference: drop exact or quantize")
         self.exact = exact
+        self.quantize = quantize
+        if quantize is not None:
+            lm.quantized_linear(quantize)  # checks the kind and the device up front
         self.machine = StateMachine(
             cfg.text_card + 1, tts_config.second_stream_ahead, max_padding, initial_padding
         )
@@ -345,8 +352,8 @@ class Synthesizer:
         **engine: Any,
     ) -> LMGen:
         """The batched engine of this model's sampling settings (temperatures, top-k, CFG, n_q, exact,
-        attention dtype) over conditioned slots, with the voices' cross-attention keys/values from the
-        cache. ``engine`` takes LMGen's per-run arguments (generator or seeds, hooks)."""
+        attention dtype, quantization) over conditioned slots, with the voices' cross-attention
+        keys/values from the cache. ``engine`` takes LMGen's per-run arguments (generator or seeds, hooks)."""
         gen = LMGen(
             self.lm,
             batch_size,
@@ -361,6 +368,7 @@ class Synthesizer:
             dep_q=self.n_q,
             exact=self.exact,
             attention_dtype=self.attention_dtype,
+            quantize=self.quantize,
             **engine,
         )
         self.refresh_cross(gen)
