@@ -199,6 +199,33 @@ def test_tts_cfg_matches_reference(lm_pairs):
     assert torch.equal(torch.stack(got), torch.stack(expected))
 
 
+@pytest.mark.parametrize("exact", [False, True], ids=["fast", "exact"])
+def test_depformer_samples_only_the_codebooks_asked_for(lm_pairs, exact):
+    """`depformer_codebooks=n`: the first n codebooks as a full step samples them, the rest ZERO (-1)."""
+    _, _, ours = lm_pairs(TTS)
+    condition_sum, condition_cross, _ = _tts_conditions(ours, 1)
+    audio = {}
+    for n in (None, 3):
+        seen = []
+        gen = LMGen(
+            ours,
+            1,
+            temp=0,
+            temp_text=0,
+            exact=exact,
+            condition_sum=condition_sum,
+            condition_cross=condition_cross,
+            on_audio=seen.append,
+        )
+        with torch.no_grad():
+            gen.step(torch.zeros(1, gen.needed_inputs, dtype=torch.long), depformer_codebooks=n)
+        audio[n] = seen[0]
+    assert torch.equal(audio[3][:, :3], audio[None][:, :3])
+    assert (audio[3][:, 3:] == -1).all() and (audio[None][:, 3:] >= 0).all()
+    with pytest.raises(InputError, match="depformer_codebooks"):
+        gen.step(torch.zeros(1, gen.needed_inputs, dtype=torch.long), depformer_codebooks=0)
+
+
 def test_per_slot_seeds_do_not_depend_on_the_batch(lm_pairs):
     _, _, ours = lm_pairs(STT)
     audio = _audio(3, 12, seed=11)

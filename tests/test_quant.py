@@ -138,3 +138,30 @@ def test_tts_depformer_runs_quantized(lm_pairs):
     plain, quantized = torch.cat(codes[None]), torch.cat(codes["int8"])
     assert plain.shape == quantized.shape and plain.numel() >= 6 * model.cfg.dep_q
     assert (plain == quantized).float().mean() > 0.6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_filled_span_attention_equals_the_whole_ring(monkeypatch, dtype):
+    """Fast CPU streaming attends over the filled part of an unwrapped ring only: the same outputs as
+    over the whole ring, through a slot reset and past the wrap-around (context 8, 20 steps)."""
+    import dsm.nn.transformer as transformer_module
+    from dsm.nn.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(
+        d_model=64, num_heads=4, num_layers=2, dim_feedforward=128, context=8, gating="silu"
+    )
+    model = Transformer(cfg).to(dtype)
+    x = torch.randn(2, 20, 64).to(dtype)
+    outputs = []
+    for filled in (True, False):
+        monkeypatch.setattr(transformer_module, "FILLED_SPAN_ON_CPU", filled)
+        state = model.init_state(2)
+        steps = []
+        with torch.no_grad():
+            for t in range(20):
+                if t == 5:
+                    state.reset(torch.tensor([False, True]))
+                steps.append(model(x[:, t : t + 1], state))
+        outputs.append(torch.cat(steps, 1).float())
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-6 if dtype == torch.float32 else 2e-2, rtol=0)

@@ -7,8 +7,8 @@ position bookkeeping and masks, and the modules' generic forwards; this runner d
 with far fewer operations, which is what a step of a few rows costs on CPU:
 
 - keys and values go to preallocated buffers [rows, heads, dep_q, head_dim] at position c, and attention
-  reads positions 0..c without a mask (in `attention_dtype` if given, e.g. float32 for 16-bit models on
-  CPU, see `dsm.nn.transformer.cpu_attention_dtype`);
+  reads positions 0..c without a mask (in `attention_dtype` if given, by default float32 for 16-bit
+  models on CPU, see `dsm.nn.transformer.cpu_attention_dtype`);
 - each distinct `depformer_in` projection of the weight schedule is computed once per step (11 for
   TTS-1.6b's 32 codebooks, not 32): it depends on the hidden state only;
 - the audio-token embeddings (low-rank table + projection) are expanded once per model into full tables,
@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dsm.lm.model import LMModel
+from dsm.lm.model import ZERO_TOKEN, LMModel
 from dsm.nn.gemm import SKINNY_ROWS, derived_tensors
-from dsm.nn.transformer import LayerNormF32, LayerScale, RMSNorm
+from dsm.nn.transformer import LayerNormF32, LayerScale, RMSNorm, cpu_attention_dtype
 
 Linear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _TABLES: weakref.WeakKeyDictionary[LMModel, list[torch.Tensor]] = weakref.WeakKeyDictionary()
@@ -126,7 +126,10 @@ class FastDepformer:
             self.in_sets = [0] * dep_q
         weight = model.text_linear.weight
         shape = (rows, self.heads, dep_q, self.head_dim)
-        dtype = attention_dtype or weight.dtype
+        # float32 attention for 16-bit models on CPU unless told otherwise: over at most dep_q slots the
+        # 16-bit SDPA kernel's fixed cost dominates, and the float32 buffers are small.
+        dtype = attention_dtype or (None if exact else cpu_attention_dtype(weight.dtype, weight.device))
+        dtype = dtype or weight.dtype
         self.keys = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in dep.layers]
         self.values = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in dep.layers]
         self.exact = exact
@@ -144,18 +147,22 @@ class FastDepformer:
         first: torch.Tensor,
         hidden: torch.Tensor,
         pick: Callable[[int, torch.Tensor], torch.Tensor],
+        codebooks: int | None = None,
     ) -> torch.Tensor:
         """first: [rows] token before codebook 0 (the text); hidden: [rows, 1, dim] temporal output;
         pick(c, logits [rows, card]) -> the tokens of codebook c for the B streams ([B]; under CFG, rows
-        = 2B and the null rows read the same tokens). Returns [B, dep_q]."""
+        = 2B and the null rows read the same tokens). Returns [B, dep_q]; with `codebooks`, only the first
+        `codebooks` are sampled and the others are ZERO_TOKEN."""
         model = self.model
         linear = self.linear
         rows, heads, head_dim = self.rows, self.heads, self.head_dim
         hidden = hidden.reshape(rows, -1)
-        projections = {s: linear(hidden, model.depformer_in[s].weight) for s in dict.fromkeys(self.in_sets)}
+        count = self.dep_q if codebooks is None else codebooks
+        in_sets = self.in_sets[:count]
+        projections = {s: linear(hidden, model.depformer_in[s].weight) for s in dict.fromkeys(in_sets)}
         tokens = []
         previous = first
-        for c in range(self.dep_q):
+        for c in range(count):
             if c == 0:
                 emb = model.depformer_text_emb(previous[:, None])[:, 0]
             elif self.tables is None:
@@ -185,7 +192,10 @@ class FastDepformer:
             token = pick(c, logits)
             tokens.append(token)
             previous = token if token.shape[0] == rows else token.repeat(rows // token.shape[0])
-        return torch.stack(tokens, dim=1)
+        out = torch.stack(tokens, dim=1)
+        if count < self.dep_q:
+            out = F.pad(out, (0, self.dep_q - count), value=ZERO_TOKEN)
+        return out
 
 
 class _Layer:

@@ -185,12 +185,15 @@ class LMGen:
         inputs: torch.Tensor | None = None,
         active: torch.Tensor | None = None,
         audio_override: torch.Tensor | None = None,
+        depformer_codebooks: int | None = None,
     ) -> StepOutput:
         """Advance every active slot by one frame.
 
         inputs: [B, needed_inputs] (or [B, needed_inputs, 1]) tokens of the input streams.
         active: [B] bool (default all). audio_override: [B, dep_q] tokens used instead of the
-        depformer's (e.g. TTS before its audio delay).
+        depformer's (e.g. TTS before its audio delay). depformer_codebooks: sample only the first n
+        codebooks, the others are ZERO_TOKEN (e.g. TTS codebooks still inside their acoustic delay, whose
+        tokens are discarded; not in exact mode, where the reference samples every codebook).
         """
         cfg = self.model.cfg
         B = self.batch_size
@@ -241,7 +244,7 @@ class LMGen:
             if audio_override is not None:
                 audio = audio_override.to(self.device).reshape(B, self.dep_q)
             else:
-                audio = self._depformer(text, hidden)
+                audio = self._depformer(text, hidden, depformer_codebooks)
             if self.on_audio is not None:
                 self.on_audio(audio)
 
@@ -267,17 +270,20 @@ class LMGen:
         current = rows.gather(2, index)[..., 0]
         rows.scatter_(2, index, torch.where(mask[:, None], values, current)[..., None])
 
-    def _depformer(self, text: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Sample the dep_q audio codebooks of this step, one after the other."""
+    def _depformer(self, text: torch.Tensor, hidden: torch.Tensor, codebooks: int | None) -> torch.Tensor:
+        """Sample the dep_q audio codebooks of this step (or the first `codebooks`), one after the other."""
+        if codebooks is not None and not 0 < codebooks <= self.dep_q:
+            raise InputError(f"depformer_codebooks must be between 1 and {self.dep_q}, got {codebooks}")
         if self.fast_depformer is not None:
             first = text.repeat(2) if self.uses_cfg else text
-            return self.fast_depformer(first, hidden, self._pick_audio)
+            return self.fast_depformer(first, hidden, self._pick_audio, codebooks)
         model = self.model
         state = self.depformer_state
         state.reset(torch.ones_like(state.offset, dtype=torch.bool))
         previous = text
         tokens = []
-        for c in range(self.dep_q):
+        count = self.dep_q if codebooks is None else codebooks
+        for c in range(count):
             prev = previous.repeat(2) if self.uses_cfg else previous
             x = model.depformer_input(c, hidden, prev[:, None])
             out = model.depformer(x, state)
@@ -287,7 +293,8 @@ class LMGen:
                 logits = null + (cond - null) * self.cfg_coef
             previous = self._sample(logits.float(), self.temp, self.top_k)
             tokens.append(previous)
-        return torch.stack(tokens, dim=1)
+        out = torch.stack(tokens, dim=1)
+        return torch.nn.functional.pad(out, (0, self.dep_q - count), value=ZERO_TOKEN)
 
     def _pick_audio(self, codebook: int, logits: torch.Tensor) -> torch.Tensor:
         """Audio tokens of one codebook from the depformer's logits (CFG applied)."""

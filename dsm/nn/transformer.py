@@ -24,6 +24,9 @@ from dsm.nn.rope import apply_rope, rope_tables
 # One-shot attention over more than this many steps is computed in query blocks to bound memory.
 _ONE_SHOT_BLOCK = 1024
 _HALF = (torch.bfloat16, torch.float16)
+# Fast streaming on CPU attends only over the filled part of a ring that no stream has wrapped yet;
+# False: always over the whole ring (the steady state of long streams; `benchmarks/lm_step.py --full-ring`).
+FILLED_SPAN_ON_CPU = True
 
 
 @dataclass
@@ -363,7 +366,7 @@ class Transformer(nn.Module):
         return x.to(dtype)
 
     # -- shared layer body ---------------------------------------------------------------------------
-    def _layer(self, i, layer, x, cos, sin, indices, attend, linear, cross) -> torch.Tensor:
+    def _layer(self, i, layer, x, cos, sin, indices, attend, linear, cross, matmul=False) -> torch.Tensor:
         attn = layer.self_attn
         h = layer.norm1(x)
         if layer.mult == 1:
@@ -393,7 +396,11 @@ class Transformer(nn.Module):
             ck, cv = cross[i]
             h = layer.norm_cross(x)
             cq = linear(h, ca.in_proj_weight[: ca.dim]).view(h.shape[0], h.shape[1], ca.num_heads, -1)
-            out = F.scaled_dot_product_attention(cq.transpose(1, 2).to(ck.dtype), ck, cv).to(h.dtype)
+            cq = cq.transpose(1, 2).to(ck.dtype)
+            if matmul and ck.dtype in _HALF:
+                out = _matmul_attention(cq, ck, cv).to(h.dtype)
+            else:
+                out = F.scaled_dot_product_attention(cq, ck, cv).to(h.dtype)
             x = x + layer.layer_scale_cross(linear(ca.merge_heads(out), ca.out_proj.weight))
         return layer.feed_forward(x, indices, linear)
 
@@ -469,6 +476,13 @@ class Transformer(nn.Module):
             if cfg.context is not None:
                 valid = valid & (gap < cfg.context)
         mask = valid[:, None]
+        span = capacity
+        if state.fast and FILLED_SPAN_ON_CPU and x.device.type == "cpu":
+            # Until a stream wraps around the ring, position p sits in slot p and the slots past every
+            # stream's position are empty: attend over the filled span only (a fresh stream's first
+            # steps read a few slots instead of `capacity`).
+            span = max(1, min(capacity, int(new_offset.max())))
+            mask = mask[..., :span]
         if state.cross is None and cross_src is not None:
             state.cross = self._cross_kv(cross_src, x.dtype, state.keys[0].dtype if state.keys else None)
 
@@ -476,24 +490,29 @@ class Transformer(nn.Module):
             keys, values = state.keys[i], state.values[i]
             _write_ring(keys, write_idx, k, active)
             _write_ring(values, write_idx, v, active)
+            keys, values = keys[:, :, :span], values[:, :, :span]
             keys, values = _expand_kv(keys, cfg.kv_repeat), _expand_kv(values, cfg.kv_repeat)
-            if state.fast and keys.device.type == "cpu" and keys.dtype in _HALF:
+            if matmul and keys.dtype in _HALF:
                 return _matmul_attention(q.to(keys.dtype), keys, values, mask).to(q.dtype)
             return F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, mask).to(q.dtype)
 
         linear = state.linear or (skinny_linear if state.fast else F.linear)
+        matmul = state.fast and x.device.type == "cpu"  # 16-bit attention as two products (CPU, fast)
         for i, layer in enumerate(self.layers):
-            x = self._layer(i, layer, x, cos, sin, indices, attend, linear, state.cross)
+            x = self._layer(i, layer, x, cos, sin, indices, attend, linear, state.cross, matmul)
         state.offset.copy_(new_offset)
         return x
 
 
-def _matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _matmul_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Attention of a few queries over a 16-bit cache as two batched products and a float32 softmax:
     on CPUs without 16-bit arithmetic, PyTorch's 16-bit SDPA kernel reads the cache at a third of the
     speed of its 16-bit matrix products (the scores are rounded to 16 bits before the softmax)."""
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
-    scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
     return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
 
 

@@ -34,7 +34,6 @@ from dsm.errors import CheckpointError, InputError
 from dsm.lm import load_lm
 from dsm.lm.conditioners import ConditionAttributes, LUTConditioner
 from dsm.lm.model import LMModel
-from dsm.nn.transformer import cpu_attention_dtype
 from dsm.stt.checkpoint import load_tokenizer
 from dsm.tts.checkpoint import DEFAULT_VOICE, TtsCheckpoint, TtsConfig
 from dsm.tts.script import (
@@ -114,8 +113,10 @@ class Synthesizer:
     models (TTS-1.6b) take it as a condition value among those they were trained with (1.0 to 4.0 by
     0.5), other models run real CFG. `padding_bonus` > 0 slows the speech down, < 0 speeds it up.
     `exact=True` runs the reference's kernels (same codes as the reference at a given seed); the default
-    fast kernels agree to float rounding, attend in float32 on CPU and keep the cross-attention keys and
-    values of the last `cross_cache_size` voices, so a voice used again starts sooner. `quantize`
+    fast kernels agree to float rounding (on CPU, 16-bit attention as two matrix products, the depth
+    transformer's in float32), skip the codebooks still inside their acoustic delay and keep the
+    cross-attention keys and values of the last `cross_cache_size` voices, so a voice used again starts
+    sooner. `quantize`
     ("int8" or "int4", CPU) runs the streaming products with weight-only quantized weights (`dsm.nn.quant`).
     """
 
@@ -311,12 +312,6 @@ class Synthesizer:
             return fuser.get_sum(conditions), fuser.get_cross(conditions)
 
     @property
-    def attention_dtype(self) -> torch.dtype | None:
-        """Keys/values and attention in float32 for 16-bit models on CPU (fast mode): several times
-        faster there than 16-bit attention, for twice the cache memory."""
-        return None if self.exact else cpu_attention_dtype(self.lm.dtype, self.lm.device)
-
-    @property
     def _real_cfg(self) -> bool:
         return not self.distilled_cfg and self.cfg_coef != 1.0
 
@@ -334,7 +329,7 @@ class Synthesizer:
             kv = self._cross_cache.pop(key, None)
             if kv is None:
                 with torch.inference_mode():
-                    kv = transformer._cross_kv(row[None], self.lm.dtype, self.attention_dtype)
+                    kv = transformer._cross_kv(row[None], self.lm.dtype)
             self._cross_cache[key] = kv
             while len(self._cross_cache) > self.cross_cache_size:
                 self._cross_cache.popitem(last=False)
@@ -352,7 +347,7 @@ class Synthesizer:
         **engine: Any,
     ) -> LMGen:
         """The batched engine of this model's sampling settings (temperatures, top-k, CFG, n_q, exact,
-        attention dtype, quantization) over conditioned slots, with the voices' cross-attention
+        quantization) over conditioned slots, with the voices' cross-attention
         keys/values from the cache. ``engine`` takes LMGen's per-run arguments (generator or seeds, hooks)."""
         gen = LMGen(
             self.lm,
@@ -367,7 +362,6 @@ class Synthesizer:
             condition_cross=condition_cross,
             dep_q=self.n_q,
             exact=self.exact,
-            attention_dtype=self.attention_dtype,
             quantize=self.quantize,
             **engine,
         )
@@ -527,6 +521,7 @@ class _Run:
         self.no_depformer = torch.full((B, synth.n_q), ZERO, dtype=torch.long, device=device)
         delays = torch.tensor(lm.cfg.delays[1 : 1 + synth.n_q], device=device)
         self.audio_start = delays + synth.delay_steps  # first step at which codebook q is generated
+        self.audio_start_list = self.audio_start.tolist()
         self.max_delay = lm.cfg.max_delay
         self.offset = 0
         self.logged: list[list[tuple[int, int]]] = [[] for _ in states]
@@ -570,7 +565,15 @@ class _Run:
     def step(self) -> list[AudioChunk] | None:
         """One generation step; returns the new audio frame of each script once audio has begun."""
         override = self.no_depformer if self.offset < self.synth.delay_steps else None
-        out = self.gen.step(self.inputs, audio_override=override)
+        codebooks = None
+        if override is None and not self.synth.exact:
+            # The depformer samples codebooks in order and those still in their acoustic delay are
+            # discarded (`_on_audio`): sample only through the last one that has started (the reference,
+            # and exact mode, sample them all).
+            started = [q for q, start in enumerate(self.audio_start_list) if self.offset >= start]
+            if started and started[-1] + 1 < self.synth.n_q:
+                codebooks = started[-1] + 1
+        out = self.gen.step(self.inputs, audio_override=override, depformer_codebooks=codebooks)
         self.offset += 1
         frame = self.offset - 1 - self.max_delay  # code time of out.tokens
         if frame < self.synth.delay_steps:
