@@ -81,13 +81,17 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-@pytest.mark.parametrize("kind", ["tts", "codec"])
+@pytest.mark.parametrize("kind", ["tts", "codec", "stt"])
 def test_resume_after_interruption_is_exact(assets, tmp_path, kind):
     """Kill after step 5 (last checkpoint at step 3), resume: the weights at step 8 equal an uninterrupted
     run's bit for bit. TTS exercises the voice draws and condition dropout, the codec its EMA codebooks,
-    random crops, quantizer dropout and the discriminator."""
-    make = tts_config_dict if kind == "tts" else codec_config_dict
-    extra = {"codec": {"adversarial_weight": 0.1, "segment_seconds": 0.24}} if kind == "codec" else {}
+    random crops, quantizer dropout and the discriminator, STT the code-noise draws."""
+    make = {"tts": tts_config_dict, "codec": codec_config_dict, "stt": stt_config_dict}[kind]
+    extra = {
+        "tts": {},
+        "codec": {"codec": {"adversarial_weight": 0.1, "segment_seconds": 0.24}},
+        "stt": {"stt": {"code_noise": 0.3}},
+    }[kind]
     run = {"max_steps": 8, "save_every": 3, "log_every": 1, "eval_every": 4}
 
     def config(name):
