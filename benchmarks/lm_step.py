@@ -75,6 +75,7 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
 import dsm.nn.transformer as transformer_module  # noqa: E402
 from dsm.engine import LMGen  # noqa: E402
 from dsm.lm import LMConfig, load_lm  # noqa: E402
+from dsm.nn.quant import KINDS  # noqa: E402
 
 FRAME_MS = 80.0
 MIN_STEPS = 2  # timed steps kept when --max-batch-seconds cuts a batch size short
@@ -94,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--modes",
         nargs="+",
-        choices=["fast", "exact", "int8", "int4"],
+        choices=["fast", "exact", *KINDS],
         default=["fast", "exact"],
         help="dsm kernels: fast (dsm's default), exact (the reference's own kernels), int8 / int4 (fast with "
         "weight-only quantized products, dsm.nn.quant)",
@@ -250,7 +251,7 @@ def make_reference(ref, RefGen, batch: int) -> Contender:
 
 
 def make_dsm(model, batch: int, mode: str) -> Contender:
-    quantize = mode if mode in ("int8", "int4") else None
+    quantize = mode if mode in KINDS else None
     gen = LMGen(model, batch, temp=0, temp_text=0, exact=mode == "exact", quantize=quantize)
     kv = sum(t.nbytes for t in gen.state.keys + gen.state.values)
     return Contender(mode, lambda audio: gen.step(audio).tokens[:, 0], kv)

@@ -61,6 +61,7 @@ from tqdm import tqdm  # noqa: E402
 
 from dsm.codec import load_mimi  # noqa: E402
 from dsm.lm import LMConfig, load_lm  # noqa: E402
+from dsm.nn.quant import KINDS  # noqa: E402
 from dsm.stt.transcriber import FRAME_SIZE, Transcriber  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -73,9 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--exact", action="store_true", help="also time dsm with the reference kernels")
-    p.add_argument(
-        "--quantize", nargs="*", choices=["int8", "int4"], default=[], help="also time dsm quantized"
-    )
+    p.add_argument("--quantize", nargs="*", choices=KINDS, default=[], help="also time dsm quantized")
     p.add_argument("--json", metavar="PATH")
     return p.parse_args(argv)
 
@@ -127,6 +126,12 @@ def ms_stats(times: list[float]) -> dict[str, float]:
     }
 
 
+def use_mode(transcriber: Transcriber, mode: str) -> None:
+    """Set a dsm mode (fast, exact, int8, int4) for the sessions and transcriptions made next."""
+    transcriber.exact = mode == "exact"
+    transcriber.quantize = mode if mode in KINDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -171,10 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = ["fast"] + (["exact"] if args.exact else []) + list(dict.fromkeys(args.quantize))
     contenders: dict[str, Any] = {"reference": ReferenceRecipe(ref_mimi, ref_lm)}
     for mode in modes:
-        transcriber.exact = mode == "exact"
-        transcriber.quantize = mode if mode in ("int8", "int4") else None
+        use_mode(transcriber, mode)
         contenders[mode] = DsmStream(transcriber)
-    transcriber.exact, transcriber.quantize = False, None
+    use_mode(transcriber, "fast")
     times: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     start_wall = time.perf_counter()
@@ -199,15 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     # Offline file transcription (`Transcriber.transcribe`: Mimi encodes 16 frames per call in fast mode),
     # each mode alone after the interleaved run.
     for mode in modes:
-        transcriber.exact = mode == "exact"
-        transcriber.quantize = mode if mode in ("int8", "int4") else None
+        use_mode(transcriber, mode)
         start = time.perf_counter()
         transcript = transcriber.transcribe(wav.numpy())
         results[f"{mode}_file_s"] = time.perf_counter() - start
         results[f"{mode}_file_same_tokens"] = sum(
             a == b for a, b in zip(transcript.tokens, ref_tokens, strict=True)
         ) / len(ref_tokens)
-    transcriber.exact, transcriber.quantize = False, None
+    use_mode(transcriber, "fast")
 
     rows = [
         [

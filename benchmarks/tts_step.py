@@ -62,6 +62,7 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
 
 from dsm.codec import load_mimi  # noqa: E402
 from dsm.lm import LMConfig, load_lm  # noqa: E402
+from dsm.nn.quant import KINDS  # noqa: E402
 from dsm.tts.checkpoint import TtsConfig  # noqa: E402
 from dsm.tts.synthesizer import Synthesizer  # noqa: E402
 
@@ -91,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--modes",
         nargs="+",
-        choices=["fast", "exact", "int8", "int4"],
+        choices=["fast", "exact", *KINDS],
         default=["fast"],
         help="dsm kernels: fast, exact, or fast with weight-only int8 / int4 products (dsm.nn.quant)",
     )
@@ -186,7 +187,7 @@ def load_dsm(setup: dict, dtype: torch.dtype, mode: str, max_steps: int) -> Synt
         voice_repo=str(setup["tmp"] / "voices"),
         max_steps=max_steps,
         exact=mode == "exact",
-        quantize=mode if mode in ("int8", "int4") else None,
+        quantize=mode if mode in KINDS else None,
     )
 
 

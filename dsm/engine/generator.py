@@ -23,6 +23,7 @@ import torch
 from dsm.engine.depformer import FastDepformer, supports_fast_depformer
 from dsm.errors import InputError
 from dsm.lm.model import UNGENERATED_TOKEN, ZERO_TOKEN, LMModel
+from dsm.nn.quant import WeightOnlyLinear
 from dsm.nn.sampling import sample, sample_per_slot
 
 
@@ -35,6 +36,16 @@ class StepOutput:
     text: torch.Tensor  # [B] the text token sampled this step (before un-delaying), -2 if inactive
     hidden: torch.Tensor  # [B, dim] temporal transformer output (after out_norm)
     extra_heads: list[torch.Tensor]  # per extra head, [B, extra_heads_dim] probabilities
+
+
+def quantized_products(model: LMModel, quantize: str | None, exact: bool) -> WeightOnlyLinear | None:
+    """The quantized products of `model` for `quantize` ("int8", "int4" or None: none), made (and its
+    weights quantized) on the first call; InputError for an unknown kind, a non-CPU model, or `exact`."""
+    if quantize is None:
+        return None
+    if exact:
+        raise InputError("quantized weights cannot reproduce the reference: drop exact or quantize")
+    return model.quantized_linear(quantize)
 
 
 class LMGen:
@@ -107,9 +118,7 @@ class LMGen:
                 raise InputError(f"{name} must have {rows} rows (2 per slot under CFG), got {cond.shape[0]}")
         self.condition_sum = None if condition_sum is None else condition_sum.to(model.dtype)
         self.condition_cross = None if condition_cross is None else condition_cross.to(model.dtype)
-        if quantize is not None and exact:
-            raise InputError("quantized weights cannot reproduce the reference: drop exact or quantize")
-        linear = model.quantized_linear(quantize) if quantize is not None else None
+        linear = quantized_products(model, quantize, exact)
         self.state = model.transformer.init_state(rows, fast=not exact, attention_dtype=attention_dtype)
         self.state.linear = linear
         self.depformer_state = model.depformer.init_state(rows, fast=not exact) if model.depformer else None

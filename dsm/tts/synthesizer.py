@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from dsm.codec import Mimi, MimiConfig, load_mimi
-from dsm.engine.generator import LMGen
+from dsm.engine.generator import LMGen, quantized_products
 from dsm.errors import CheckpointError, InputError
 from dsm.lm import load_lm
 from dsm.lm.conditioners import ConditionAttributes, LUTConditioner
@@ -175,12 +175,9 @@ class Synthesizer:
         self.final_padding, self.padding_between = final_padding, padding_between
         self.max_steps, self.max_chars = max_steps, max_chars
         self.max_words_per_chunk = max_words_per_chunk
-        if quantize is not None and exact:
-            raise InputError("quantized weights cannot reproduce the reference: drop exact or quantize")
         self.exact = exact
         self.quantize = quantize
-        if quantize is not None:
-            lm.quantized_linear(quantize)  # checks the kind and the device up front
+        quantized_products(lm, quantize, exact)  # fails now (kind, device, exact), not at the first run
         self.machine = StateMachine(
             cfg.text_card + 1, tts_config.second_stream_ahead, max_padding, initial_padding
         )
