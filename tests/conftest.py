@@ -34,6 +34,7 @@ def lm_pairs(tmp_path_factory, request):
             ref = oracle.reference_lm(cfg, seed=1, dtype=dtype)
             path = oracle.export_lm(ref, tmp_path_factory.mktemp("lm") / "model.safetensors")
             ours = load_lm(path, LMConfig.from_kyutai(cfg), dtype=dtype)
+            path.unlink()  # up to 2.6 GB each: six of them would fill a small CI disk
             if dtype != torch.float32 and ref.condition_provider is not None:
                 ref.condition_provider.float()  # as the reference loader keeps it
             cache[key] = (cfg, ref, ours)

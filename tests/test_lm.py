@@ -151,6 +151,7 @@ def test_bfloat16_load_keeps_conditioners_float32(arch, tmp_path):
     oracle = pytest.importorskip("oracle")
     path = oracle.export_lm(ref, tmp_path / "model.safetensors")
     model = load_lm(path, LMConfig.from_kyutai(cfg))
+    path.unlink()
     assert model.dtype == torch.bfloat16
     assert model.transformer.layers[0].norm1.alpha.dtype == torch.bfloat16
     if model.condition_provider is not None:
