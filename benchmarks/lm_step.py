@@ -81,7 +81,7 @@ FRAME_MS = 80.0
 MIN_STEPS = 2  # timed steps kept when --max-batch-seconds cuts a batch size short
 MEMORY_RESERVE = 1.5e9  # bytes left free when deciding which generators can be alive together
 BUSY_WARNING = 0.05  # share of the CPU taken by other processes above which timings are flagged
-NAMES = {"ref": "reference", "fast": "dsm fast", "exact": "dsm exact", "int8": "dsm int8", "int4": "dsm int4"}
+NAMES = {"ref": "reference", "fast": "dsm fast", "exact": "dsm exact"} | {k: f"dsm {k}" for k in KINDS}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["fast", "exact", *KINDS],
         default=["fast", "exact"],
         help="dsm kernels: fast (dsm's default), exact (the reference's own kernels), int8 / int4 (fast with "
-        "weight-only quantized products, dsm.nn.quant)",
+        "reduced-precision products, dsm.nn.quant)",
     )
     p.add_argument(
         "--max-batch-seconds",

@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         choices=["fast", "exact", *KINDS],
         default=["fast"],
-        help="dsm kernels: fast, exact, or fast with weight-only int8 / int4 products (dsm.nn.quant)",
+        help="dsm kernels: fast, exact, or fast with reduced-precision products (dsm.nn.quant)",
     )
     p.add_argument("--skip-reference", action="store_true", help="time dsm only")
     p.add_argument("--seed", type=int, default=0, help="weights, texts and sampling seed")

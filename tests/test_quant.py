@@ -1,4 +1,4 @@
-"""Weight-only quantized products (`dsm.nn.quant`) and their use by the streaming engine."""
+"""Reduced-precision products (`dsm.nn.quant`) and their use by the streaming engine."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import torch
 from torch.nn import functional as F
 
 from dsm.errors import InputError
-from dsm.nn.quant import MAX_ROWS, WeightOnlyLinear, dequantize, quantize_int4, quantize_int8
+from dsm.nn.quant import (
+    MAX_ROWS,
+    WeightOnlyLinear,
+    dequantize,
+    fbgemm_available,
+    quantize_int4,
+    quantize_int8,
+)
+
+needs_fbgemm = pytest.mark.skipif(not fbgemm_available(), reason="no FBGEMM in this PyTorch build")
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -29,6 +38,35 @@ def test_product_is_the_dequantized_weights_product(weight, kind):
     assert _rel(got, expected) < 6e-3  # bf16 activations and outputs, float32 accumulation
     # and what quantization itself costs against the float32 product
     assert _rel(got, x @ weight.t()) < (0.015 if kind == "int8" else 0.12)
+
+
+@needs_fbgemm
+def test_fp16_products_of_bf16_weights_are_float32_products(weight):
+    """bfloat16 weights are exact in float16: the fp16 kind computes their float32 product (to float32
+    rounding), which is closer to a float32 model than a bfloat16 GEMM."""
+    w = weight.bfloat16()
+    x = torch.randn(5, 256)
+    got = WeightOnlyLinear("fp16")(x, w)
+    assert got.dtype == torch.float32
+    assert _rel(got, x @ w.float().t()) < 1e-6
+    half, linear = x.bfloat16(), WeightOnlyLinear("fp16")
+    assert torch.equal(linear(half, w), linear(half.float(), w).bfloat16())
+
+
+@needs_fbgemm
+def test_w8a8_rows_are_quantized_alone(weight):
+    """int8 weights and per-row int8 activations: about the int8 weight error against float32, and a
+    row's result does not depend on the other rows of the call (a batch neighbour of any magnitude)."""
+    linear = WeightOnlyLinear("w8a8")
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(1))
+    got = linear(x, weight)
+    q, scales = quantize_int8(weight)
+    assert _rel(got, x @ dequantize(q, scales, "int8").t()) < 0.012  # the activations' rounding
+    assert _rel(got, x @ weight.t()) < 0.02
+    loud = torch.cat([x, 1e3 * torch.rand(1, 256), -torch.ones(1, 256)])
+    assert torch.equal(linear(loud, weight)[:3], got)
+    assert torch.equal(linear(x[1:2], weight), got[1:2])
+    assert linear.max_rows > MAX_ROWS  # faster than a bf16 GEMM up to 64 rows (docs/benchmarks.md)
 
 
 def test_quantizers_round_trip(weight):
@@ -65,10 +103,10 @@ def test_many_rows_and_unsupported_shapes_fall_back(weight):
 
 
 def test_bad_kind_and_device(lm_pairs):
-    with pytest.raises(InputError, match="int8, int4"):
+    with pytest.raises(InputError, match="fp16, int8, w8a8, int4"):
         WeightOnlyLinear("int2")
     _, _, model = lm_pairs("stt-1b-en_fr", torch.float32)
-    with pytest.raises(InputError, match="int8, int4"):
+    with pytest.raises(InputError, match="fp16, int8, w8a8, int4"):
         model.quantized_linear("fp8")
     assert model.quantized_linear("int8") is model.quantized_linear("int8")
     if torch.cuda.is_available():
@@ -78,18 +116,23 @@ def test_bad_kind_and_device(lm_pairs):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_streaming_steps_stay_close_to_the_unquantized_model(lm_pairs, dtype):
-    """The stt-1b architecture (2 layers): 12 streaming steps of the temporal transformer with int8
-    products stay within a few per cent of the same steps unquantized; int4 within its larger error."""
+    """The stt-1b architecture (2 layers): 12 streaming steps of the temporal transformer with int8 or
+    w8a8 products stay within a few per cent of the same steps unquantized; int4 within its larger
+    error; fp16 (float32 products) within bfloat16 rounding, and far closer for a float32 model."""
     _, _, model = lm_pairs("stt-1b-en_fr", dtype)
     x = torch.randn(2, 12, model.cfg.dim, generator=torch.Generator().manual_seed(3)).to(dtype)
     outputs = {}
-    for kind in (None, "int8", "int4"):
+    kinds = ("int8", "int4", "fp16", "w8a8") if fbgemm_available() else ("int8", "int4")
+    for kind in (None, *kinds):
         state = model.transformer.init_state(2)
         state.linear = None if kind is None else model.quantized_linear(kind)
         with torch.no_grad():
             outputs[kind] = torch.cat([model.transformer(x[:, t : t + 1], state) for t in range(12)], 1)
     assert _rel(outputs["int8"], outputs[None]) < 0.03
     assert 0.02 < _rel(outputs["int4"], outputs[None]) < 0.25
+    if fbgemm_available():
+        assert _rel(outputs["w8a8"], outputs[None]) < 0.04
+        assert _rel(outputs["fp16"], outputs[None]) < (2e-3 if dtype == torch.float32 else 0.02)
 
 
 def test_engine_refuses_exact_with_quantized(lm_pairs):

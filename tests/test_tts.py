@@ -215,10 +215,12 @@ def test_fast_kernels_agree_with_exact(assets, exact, fast):
     assert (a.codes[:, :n] == b.codes[:, :n]).float().mean() >= 0.95
 
 
-def test_int8_quantized_synthesis_agrees(assets, exact):
-    """`quantize="int8"`: weight-only int8 products in the temporal and depth transformers; greedy codes
-    close to the reference kernels' (random weights: nearly flat logits)."""
-    quantized = load(assets, n_q=8, temperature=0.0, quantize="int8")
+@pytest.mark.parametrize("kind,least", [("fp16", 0.95), ("int8", 0.8), ("w8a8", 0.7)])
+def test_quantized_synthesis_agrees(assets, exact, kind, least):
+    """`quantize=`: reduced-precision products in the temporal and depth transformers; greedy codes
+    close to the reference kernels' (random weights: nearly flat logits; measured fp16 100 %, int8 88 %,
+    w8a8 77 %)."""
+    quantized = load(assets, n_q=8, temperature=0.0, quantize=kind)
     old = configure(exact, n_q=8, temperature=0.0)
     try:
         a = exact.synthesize("Music in the garden, every night!", VOICE, decode=False)
@@ -227,10 +229,10 @@ def test_int8_quantized_synthesis_agrees(assets, exact):
         configure(exact, **old)
     assert a.words == b.words
     n = min(a.codes.shape[1], b.codes.shape[1])
-    assert (a.codes[:, :n] == b.codes[:, :n]).float().mean() >= 0.8
-    assert quantized.lm.quantized_linear("int8").quantized_parameters > 0
+    assert (a.codes[:, :n] == b.codes[:, :n]).float().mean() >= least
+    assert quantized.lm.quantized_linear(kind).quantized_parameters > 0
     with pytest.raises(InputError, match="exact"):
-        load(assets, quantize="int8", exact=True)
+        load(assets, quantize=kind, exact=True)
 
 
 def test_batch_slots_equal_single_runs_greedy(fast):

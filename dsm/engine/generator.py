@@ -39,7 +39,7 @@ class StepOutput:
 
 
 def quantized_products(model: LMModel, quantize: str | None, exact: bool) -> WeightOnlyLinear | None:
-    """The quantized products of `model` for `quantize` ("int8", "int4" or None: none), made (and its
+    """The quantized products of `model` for `quantize` (one of `dsm.nn.quant.KINDS`, or None), made (and its
     weights quantized) on the first call; InputError for an unknown kind, a non-CPU model, or `exact`."""
     if quantize is None:
         return None
@@ -58,9 +58,10 @@ class LMGen:
     `condition_sum` / `condition_cross` with 2B rows (conditional first, null second), or use
     `cfg_is_no_text` to build the null copy by masking text. `attention_dtype` (e.g. float32 for a
     bf16 model on CPU, see `dsm.nn.transformer.cpu_attention_dtype`) holds keys/values and runs
-    attention in another dtype than the model's (not exact then). `quantize` ("int8" or "int4", CPU)
-    runs the products of the streaming step with weight-only quantized weights (`dsm.nn.quant`; the
-    model keeps its own weights, quantized copies are shared by every generator of the model).
+    attention in another dtype than the model's (not exact then). `quantize` (one of
+    `dsm.nn.quant.KINDS`, CPU) runs the products of the streaming step on converted weights
+    (`dsm.nn.quant`; the model keeps its own weights, converted copies are shared by every generator
+    of the model).
     """
 
     def __init__(

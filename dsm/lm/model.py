@@ -138,12 +138,12 @@ class LMModel(nn.Module):
         return self.text_linear.weight.device
 
     def quantized_linear(self, kind: str) -> WeightOnlyLinear:
-        """The weight-only quantized product of this model's streaming steps for `kind` ("int8" or
-        "int4"), made (and its weights quantized) once per model and kind."""
+        """The product of this model's streaming steps on weights converted to `kind` (one of
+        `dsm.nn.quant.KINDS`), made (and its weights converted) once per model and kind."""
         cache = self.__dict__.setdefault("_quantized_linears", {})
         if kind not in cache:
             if self.device.type != "cpu":
-                raise InputError(f"{kind} weight-only quantization runs on CPU only (model on {self.device})")
+                raise InputError(f"{kind} quantized products run on CPU only (model on {self.device})")
             linear = WeightOnlyLinear(kind)
             linear.prepare(self.product_weights())
             cache[kind] = linear

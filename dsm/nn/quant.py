@@ -1,23 +1,34 @@
-"""Weight-only quantization for streaming steps (gpt-fast style): int8 per output channel, int4 per group.
+"""Reduced-precision weights for streaming steps (gpt-fast style): each product reads fewer bytes.
 
 A streaming step multiplies a few rows of activations by every weight of the model, so on CPU its cost
-is the bytes of weights read. Storing them in int8 halves those bytes against bfloat16 (int4 quarters
-them); the products run in PyTorch's weight-only kernels (`torch._weight_int8pack_mm`,
-`torch._weight_int4pack_mm_for_cpu`), which dequantize on the fly with bfloat16 activations.
+is the bytes of weights read, and how fast a kernel turns them into products. `WeightOnlyLinear(kind)`
+stands in for `F.linear(x, weight)` with one of these kinds:
 
-`WeightOnlyLinear(kind)` stands in for `F.linear(x, weight)`: each weight it is called with (a whole
-matrix or a per-step slice of one) is quantized once (`prepare`, or on first use) and kept, keyed by its
-storage, offset, shape and strides, so it is meant for the frozen weights of inference. The original
-weights are kept too: products with many rows (where the quantized kernels lose to a plain GEMM) and
-shapes a kernel does not take use them. Results differ from the unquantized model by the rounding of the
-weights: on Gaussian weights a product is off by ~0.8 % (int8) or ~8 % (int4, groups of 32), relative;
-through the 2-layer stt-1b architecture, 1.5 % and 13.5 % (`tests/test_quant.py`).
+* ``fp16``: the weights in float16 (exact for bfloat16 weights in float16's normal range), products in
+  float32 by FBGEMM's packed half-precision GEMM: numerically at least as good as bfloat16 products, and
+  about twice as fast as PyTorch's bfloat16 GEMM for up to 8 rows on an AVX-512 CPU.
+* ``int8``: weight-only int8 per output channel, bfloat16 activations (`torch._weight_int8pack_mm`).
+* ``w8a8``: int8 weights per output channel and int8 activations per row, quantized on the fly (each
+  row scaled to the same range, then FBGEMM's dynamic int8 GEMM, VNNI where the CPU has it): the fastest
+  kind at every row count measured, and the lossiest of the int8 kinds (activation outliers cost bits).
+* ``int4``: weight-only int4 in groups of 32 inputs (`torch._weight_int4pack_mm_for_cpu`).
+
+Each weight it is called with (a whole matrix or a per-step slice of one) is converted once (`prepare`,
+or on first use) and kept, keyed by its storage, offset, shape and strides, so it is meant for the frozen
+weights of inference. The original weights are kept too: products with more rows than the kind's limit
+(where a plain GEMM wins) and shapes a kernel does not take use them. Relative error against the
+unquantized product on Gaussian weights: ~0.8 % (int8), ~1 % (w8a8), ~8 % (int4, groups of 32); through
+the 2-layer stt-1b architecture see `tests/test_quant.py`.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -25,18 +36,39 @@ from torch.nn import functional as F
 from dsm.errors import InputError
 from dsm.nn.gemm import derived_tensors
 
-KINDS = ("int8", "int4")
+KINDS = ("fp16", "int8", "w8a8", "int4")
+FBGEMM_KINDS = ("fp16", "w8a8")
 INT4_GROUP = 32
-# Above this many rows a bfloat16 GEMM beats the weight-only kernels on an AVX2 CPU (int8: 20 vs 27 ms
-# at 4 rows, 72 vs 42 ms at 16, for 277 M weights; see docs/benchmarks.md).
+# Above this many rows a bfloat16 GEMM beats the kind's kernel (the 1B model's 822 M product weights,
+# 2 threads of an AVX-512 AMD EPYC: bf16 GEMM 94 / 108 / 134 ms at 4 / 8 / 16 rows, fp16 65 / 84 / 156,
+# int8 weight-only 60 ms at 4 rows; w8a8 33 / 31 / 46, and 150 ms at 64 rows against 318;
+# see docs/benchmarks.md).
 MAX_ROWS = 8
+MAX_ROWS_BY_KIND = {"fp16": 8, "int8": 8, "w8a8": 64, "int4": 8}
 
 
 @dataclass(frozen=True)
 class _Packed:
     kind: str
-    weight: torch.Tensor  # int8 [N, K] or int4-packed
-    scales: torch.Tensor  # int8: [N] bf16; int4: [K / group, N, 2] bf16 (scale, zero)
+    weight: Any  # int8 [N, K], int4-packed, or FBGEMM's packed parameters (fp16, w8a8)
+    scales: torch.Tensor | None  # int8: [N] bf16; int4: [K / group, N, 2] bf16 (scale, zero)
+    numel: int
+
+
+def fbgemm_available() -> bool:
+    """Whether this PyTorch build has FBGEMM's CPU kernels (x86 builds do), which `fp16` and `w8a8` use."""
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+@functools.cache
+def _cpu_has_vnni() -> bool:
+    """x86 int8 dot-product instructions (VNNI): without them FBGEMM's int8 products can saturate, so
+    activations get 7 bits instead of 8."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,18 +112,43 @@ def _supports(kind: str, weight: torch.Tensor) -> bool:
     return True
 
 
-class WeightOnlyLinear:
-    """`F.linear(x, weight, bias)` with `weight` quantized to `kind` ("int8" or "int4") on first use.
+def pack_w8a8(weight: torch.Tensor) -> Any:
+    """FBGEMM's packed int8 weight (symmetric, per output channel) for `quantized.linear_dynamic`."""
+    q, scales = quantize_int8(weight)
+    with warnings.catch_warnings():  # PyTorch deprecates quantized tensors; FBGEMM's packing takes them
+        warnings.simplefilter("ignore")
+        qweight = torch._make_per_channel_quantized_tensor(
+            q, scales.double(), torch.zeros_like(scales, dtype=torch.long), 0
+        )
+        return torch.ops.quantized.linear_prepack(qweight, None)
 
-    CPU only (the kernels are PyTorch's CPU weight-only kernels); activations are cast to bfloat16 for
-    the product and the result back to x's dtype. Thread-safe.
+
+def w8a8_linear(x: torch.Tensor, packed: Any) -> torch.Tensor:
+    """x [M, K] float32 @ packed^T with x quantized to int8 per row. FBGEMM quantizes its whole input
+    with one scale and zero point from the input's range, so each row is scaled to a largest magnitude
+    of 1 (its product scaled back) and a row holding -1 and 1 is added: every row then gets the same
+    grid whatever the other rows hold, so a stream's result does not depend on its batch neighbours."""
+    scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
+    span = torch.zeros(1, x.shape[1], dtype=x.dtype, device=x.device)
+    span[0, 0], span[0, -1] = -1.0, 1.0
+    out = torch.ops.quantized.linear_dynamic(torch.cat([x / scale, span]), packed, not _cpu_has_vnni())
+    return out[:-1] * scale
+
+
+class WeightOnlyLinear:
+    """`F.linear(x, weight, bias)` with `weight` converted to `kind` (one of `KINDS`) on first use.
+
+    CPU only (PyTorch's CPU kernels; `fp16` and `w8a8` need FBGEMM, in every x86 build). int8 / int4
+    products take bfloat16 activations, fp16 / w8a8 float32 ones; the result has x's dtype. Thread-safe.
     """
 
-    def __init__(self, kind: str, max_rows: int = MAX_ROWS):
+    def __init__(self, kind: str, max_rows: int | None = None):
         if kind not in KINDS:
             raise InputError(f"unknown quantization {kind!r}; choose one of {', '.join(KINDS)}")
+        if kind in FBGEMM_KINDS and not fbgemm_available():
+            raise InputError(f"{kind} products need PyTorch's FBGEMM kernels (x86 CPUs); try int8")
         self.kind = kind
-        self.max_rows = max_rows
+        self.max_rows = MAX_ROWS_BY_KIND[kind] if max_rows is None else max_rows
         self._packed: dict[tuple, _Packed | None] = {}
         self._lock = threading.Lock()
 
@@ -102,11 +159,19 @@ class WeightOnlyLinear:
         packed = self._pack(weight) if 0 < rows <= self.max_rows else None
         if packed is None:
             return F.linear(x, weight, bias)
-        flat = x.reshape(rows, x.shape[-1]).to(torch.bfloat16).contiguous()
-        if packed.kind == "int8":
-            out = torch._weight_int8pack_mm(flat, packed.weight, packed.scales)
+        flat = x.reshape(rows, x.shape[-1])
+        if packed.kind in FBGEMM_KINDS:
+            flat = flat.float().contiguous()
+            if packed.kind == "fp16":
+                out = torch.ops.quantized.linear_dynamic_fp16(flat, packed.weight)
+            else:
+                out = w8a8_linear(flat, packed.weight)
         else:
-            out = torch._weight_int4pack_mm_for_cpu(flat, packed.weight, INT4_GROUP, packed.scales)
+            flat = flat.to(torch.bfloat16).contiguous()
+            if packed.kind == "int8":
+                out = torch._weight_int8pack_mm(flat, packed.weight, packed.scales)
+            else:
+                out = torch._weight_int4pack_mm_for_cpu(flat, packed.weight, INT4_GROUP, packed.scales)
         out = out.to(x.dtype)
         if bias is not None:
             out = out + bias
@@ -120,7 +185,7 @@ class WeightOnlyLinear:
     @property
     def quantized_parameters(self) -> int:
         """Number of weights held in quantized form so far."""
-        return sum(_numel(p) for p in self._packed.values() if p is not None)
+        return sum(p.numel for p in self._packed.values() if p is not None)
 
     def _pack(self, weight: torch.Tensor) -> _Packed | None:
         storage = weight.untyped_storage().data_ptr()
@@ -137,15 +202,14 @@ class WeightOnlyLinear:
         kind = self.kind if _supports(self.kind, weight) else "int8"
         if not _supports(kind, weight):
             return None
+        numel = weight.numel()
+        if kind == "fp16":
+            return _Packed(kind, torch.ops.quantized.linear_prepack_fp16(weight.float(), None), None, numel)
+        if kind == "w8a8":
+            return _Packed(kind, pack_w8a8(weight), None, numel)
         if kind == "int8":
             q, scales = quantize_int8(weight)
-            return _Packed(kind, q, scales.to(torch.bfloat16))
+            return _Packed(kind, q, scales.to(torch.bfloat16), numel)
         q, scales_and_zeros = quantize_int4(weight)
         packed = torch._convert_weight_to_int4pack_for_cpu(q, 8)
-        return _Packed(kind, packed, scales_and_zeros.to(torch.bfloat16))
-
-
-def _numel(p: _Packed) -> int:
-    if p.kind == "int8":
-        return p.weight.numel()
-    return p.weight.numel() * 2  # two 4-bit weights per byte
+        return _Packed(kind, packed, scales_and_zeros.to(torch.bfloat16), numel)

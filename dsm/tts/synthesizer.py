@@ -117,7 +117,8 @@ class Synthesizer:
     transformer's in float32), skip the codebooks still inside their acoustic delay and keep the
     cross-attention keys and values of the last `cross_cache_size` voices, so a voice used again starts
     sooner. `quantize`
-    ("int8" or "int4", CPU) runs the streaming products with weight-only quantized weights (`dsm.nn.quant`).
+    (one of `dsm.nn.quant.KINDS`: "fp16", "int8", "w8a8", "int4"; CPU) runs the streaming products on
+    converted weights (`dsm.nn.quant`).
     """
 
     def __init__(
