@@ -102,7 +102,7 @@ def test_second_module_of_a_kind_gets_no_openai_route():
         ({"authorized_ids": [], "modules": {"m": {**ASR, "exact": 1}}}, "exact: expected true or false"),
         (
             {"authorized_ids": [], "modules": {"m": {**ASR, "quantize": "int3"}}},
-            "quantize: expected one of int8",
+            "quantize: expected one of fp16, int8, w8a8, int4",
         ),
         ({"authorized_ids": [], "modules": {"m": {**ASR, "path": "api"}}}, "must start with '/'"),
         ({"authorized_ids": [], "modules": {"a": ASR, "b": ASR}}, "already used"),
