@@ -28,8 +28,8 @@ of a frame behind real-time playback started at the first audio; generation spee
 sessions are *sustained* when no frame lags playback by more than `--max-p99`.
 
     python benchmarks/server_load.py [--mode stt|tts] [--arch small|1b] [--layers N]
-        [--dtype float32|bfloat16] [--streams 1 2 4 8 16] [--seconds 20] [--words 20] [--n-q 24]
-        [--threads 2] [--max-p99 0.5] [--stop-early] [--json PATH]
+        [--dtype float32|bfloat16] [--quantize fp16|int8|w8a8|int4] [--streams 1 2 4 8 16]
+        [--seconds 20] [--words 20] [--n-q 24] [--threads 2] [--max-p99 0.5] [--stop-early] [--json PATH]
 
 Other processes on the machine distort CPU figures; the CPU they took during each run (in cores) is
 printed beside it.
@@ -59,6 +59,7 @@ for path in (REPO, REPO / "tests"):
 from dsm.codec import Mimi, MimiConfig  # noqa: E402
 from dsm.lm import LMConfig  # noqa: E402
 from dsm.lm.loader import build_lm  # noqa: E402
+from dsm.nn.quant import KINDS  # noqa: E402
 from dsm.server.app import BackgroundServer, Server  # noqa: E402
 from dsm.server.asr_model import AsrModel  # noqa: E402
 from dsm.server.asr_routes import AsrService  # noqa: E402
@@ -79,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arch", choices=["small", "bundled", "1b"], default="small")
     p.add_argument("--layers", type=int, default=None, help="temporal layers (default: the architecture's)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--quantize", choices=KINDS, help="LM products on converted weights (dsm.nn.quant)")
     p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--seconds", type=float, default=20.0, help="STT: audio per stream")
     p.add_argument("--words", type=int, default=20, help="TTS: words per session")
@@ -109,7 +111,7 @@ def build_model(args: argparse.Namespace) -> AsrModel:
         lm = build_lm(LMConfig.from_kyutai(cfg), dtype=DTYPES[args.dtype]).requires_grad_(False)
         params = sum(p.numel() for p in lm.parameters()) / 1e6
         desc = f"bundled STT ({cfg['num_layers']} layers, dim {cfg['dim']}, {params:.0f} M params), its codec"
-        return AsrModel(mimi, lm, PieceTokenizer(), 6, 0.0, 0.48, description=desc)
+        return AsrModel(mimi, lm, PieceTokenizer(), 6, 0.0, 0.48, description=desc, quantize=args.quantize)
     cfg = lm_configs.reduced(lm_configs.STT_1B, layers=args.layers or 16)
     if args.arch == "small":  # noqa: SIM114
         cfg.update(dim=128, num_heads=2, num_layers=args.layers or 1, context=100)
@@ -124,7 +126,9 @@ def build_model(args: argparse.Namespace) -> AsrModel:
     desc = (
         f"{args.arch} LM ({cfg['num_layers']} layers, dim {cfg['dim']}, {params:.0f} M params, {args.dtype})"
     )
-    return AsrModel(mimi, lm, PieceTokenizer(), 6, 0.0, 0.5, description=desc)
+    if args.quantize:
+        desc += f", {args.quantize} products"
+    return AsrModel(mimi, lm, PieceTokenizer(), 6, 0.0, 0.5, description=desc, quantize=args.quantize)
 
 
 def random_mimi(config: MimiConfig | None = None) -> Mimi:
@@ -146,7 +150,9 @@ def build_tts(args: argparse.Namespace) -> tuple[Synthesizer, str]:
             cfg["num_layers"] = args.layers
         lm = build_lm(LMConfig.from_kyutai(cfg), dtype=DTYPES[args.dtype]).requires_grad_(False)
         tts = {k: train["tts"][k] for k in ("audio_delay", "second_stream_ahead", "max_speakers")}
-        synth = Synthesizer(mimi, lm, PieceTokenizer(), tts, n_q=min(args.n_q, cfg["dep_q"]))
+        synth = Synthesizer(
+            mimi, lm, PieceTokenizer(), tts, n_q=min(args.n_q, cfg["dep_q"]), quantize=args.quantize
+        )
         params = sum(p.numel() for p in lm.parameters()) / 1e6
         desc = (
             f"bundled TTS ({cfg['num_layers']} layers, dim {cfg['dim']}, {params:.0f} M params, real CFG) "
@@ -170,7 +176,7 @@ def build_tts(args: argparse.Namespace) -> tuple[Synthesizer, str]:
     lm = build_lm(LMConfig.from_kyutai(cfg), dtype=DTYPES[args.dtype]).requires_grad_(False)
     mimi = random_mimi()
     mimi.set_num_codebooks(32)
-    synth = Synthesizer(mimi, lm, PieceTokenizer(), cfg["tts_config"], n_q=args.n_q)
+    synth = Synthesizer(mimi, lm, PieceTokenizer(), cfg["tts_config"], n_q=args.n_q, quantize=args.quantize)
     params = sum(p.numel() for p in lm.parameters()) / 1e6
     desc = (
         f"{args.arch} TTS LM ({cfg['num_layers']} layers, dim {cfg['dim']}, depformer "
