@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh machine, then run it.
 #   bash scripts/test.sh [pytest args...]
-# Installs: torch (CPU build when none is present), dsm with its test extras, and the reference
+# Installs: torch (CPU build when none is present), dsm with its test, piper and distill extras, and the reference
 # implementation (Kyutai's `moshi` 0.2.13) used as the test oracle. moshi pins old versions of torch,
 # numpy and huggingface-hub, so it is installed without its dependencies next to a modern stack.
 set -euo pipefail
@@ -11,7 +11,7 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install torch==2.13.0
 fi
-"$PY" -m pip install -e ".[test,piper]"
+"$PY" -m pip install -e ".[test,piper,distill]"
 # espeak-ng (Debian) speaks the aligned data of tests/test_train_data.py
 if ! "$PY" -c "import ctypes; ctypes.CDLL('libespeak-ng.so.1')" 2>/dev/null; then
     SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)

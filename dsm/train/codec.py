@@ -10,8 +10,12 @@ codebooks (1..n_q) so that every prefix of codebooks decodes.
 
 Losses: multi-scale mel (L1 on mel and log-mel magnitudes at each STFT size of ``mel_scales``), waveform
 L1, commitment; with ``adversarial_weight`` > 0 also a multi-scale STFT discriminator (hinge loss) and
-feature matching. The export writes ``mimi.safetensors`` in Kyutai's layout (`dsm.codec.load_mimi` reads
-it) and ``mimi_config.json`` (the architecture, for `MimiConfig.from_dict`).
+feature matching; with ``distill_weight`` > 0 the semantic distillation of the first codebook, as Mimi
+does from WavLM: a linear head maps the first codebook's quantized output of each frame to a teacher's
+features of that frame (`dsm.train.teacher`, Whisper's encoder), loss 1 - cosine similarity; crops then
+start on frame boundaries. The export writes ``mimi.safetensors`` in Kyutai's layout
+(`dsm.codec.load_mimi` reads it) and ``mimi_config.json`` (the architecture, for `MimiConfig.from_dict`);
+the distillation head is training-only and not exported.
 """
 
 from __future__ import annotations
@@ -223,7 +227,9 @@ def train_rvq(
 class CodecTrainModule(nn.Module):
     """forward(wav [B, 1, T]) -> (loss, metrics) of the codec autoencoder (see the module docstring)."""
 
-    def __init__(self, mimi: Mimi, cfg: TrainConfig, discriminator: nn.Module | None):
+    def __init__(
+        self, mimi: Mimi, cfg: TrainConfig, discriminator: nn.Module | None, teacher_dim: int | None = None
+    ):
         super().__init__()
         self.mimi = mimi
         c = cfg.codec
@@ -231,8 +237,24 @@ class CodecTrainModule(nn.Module):
         self.mel_loss = MultiScaleMelLoss(mimi.sample_rate, c.mel_scales, c.mel_bins, c.mel_floor_db)
         self._disc = [discriminator]  # not a submodule: it has its own optimizer and checkpoint entry
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+        # training-only head (not exported): first codebook's output -> teacher features
+        self.distill = nn.Linear(mimi.cfg.dimension, teacher_dim) if teacher_dim else None
 
-    def reconstruct(self, wav: torch.Tensor, n_q: int, update: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def distill_loss(self, first: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """1 - cosine similarity between the head's map of `first` [B, C, F] and `teacher` [B, F, D],
+        over the frames the teacher covers (all-zero rows are padding past an utterance's end)."""
+        pred = self.distill(first.transpose(1, 2).float())
+        n = min(pred.shape[1], teacher.shape[1])
+        pred, teacher = pred[:, :n], teacher[:, :n].float()
+        covered = teacher.abs().sum(-1) > 0
+        if not bool(covered.any()):
+            return pred.sum() * 0.0
+        return (1 - F.cosine_similarity(pred, teacher, dim=-1))[covered].mean()
+
+    def reconstruct(
+        self, wav: torch.Tensor, n_q: int, update: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(decoded audio, commitment loss, first codebook's quantized output [B, C, frames])."""
         m = self.mimi
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.c.decoder_only):
             latent = m.downsample(m.encoder_transformer(m.encoder(wav)))
@@ -247,19 +269,25 @@ class CodecTrainModule(nn.Module):
             commit = commit + commit_rest
         emb = m.upsample(out)
         emb = m.decoder_transformer(emb)
-        return m.decoder(emb), commit
+        return m.decoder(emb), commit, first
 
-    def forward(self, wav: torch.Tensor):
+    def forward(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
+        """`batch`: audio [B, 1, T], or (audio, teacher features [B, frames, D]) when distilling."""
+        wav, teacher = batch if isinstance(batch, tuple) else (batch, None)
         n_total = self.mimi.total_codebooks
         n_q = n_total
         if self.training and self.c.quantizer_dropout:
             n_q = int(torch.randint(1, n_total + 1, ()))
-        y, commit = self.reconstruct(wav, n_q, update=self.training and not self.c.decoder_only)
+        y, commit, first = self.reconstruct(wav, n_q, update=self.training and not self.c.decoder_only)
         y = y[..., : wav.shape[-1]]
         mel = self.mel_loss(y, wav)
         wave = F.l1_loss(y.float(), wav.float())
         loss = self.c.mel_weight * mel + self.c.waveform_weight * wave + self.c.commitment_weight * commit
         metrics = {"mel": mel.detach(), "wave": wave.detach(), "commit": commit.detach()}
+        if teacher is not None and self.distill is not None:
+            distill = self.distill_loss(first, teacher)
+            loss = loss + self.c.distill_weight * distill
+            metrics["distill"] = distill.detach()
         disc = self._disc[0]
         if disc is not None and self.c.adversarial_weight > 0 and self.training:
             adv, feat = self.generator_adversarial(disc, y, wav)
@@ -319,7 +347,7 @@ class CodecTask(TrainTask):
             with torch.device(device):
                 self.disc = MultiScaleStftDiscriminator(c.disc_scales, c.disc_channels)
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=c.disc_lr, betas=(0.5, 0.9))
-        self.module = CodecTrainModule(self.mimi, cfg, self.disc).to(device)
+        self._keys: dict[Path, str] = {}  # audio file -> its path as the manifest writes it
         self.files = self._files(
             cfg.data.train, cfg.data.train_split, exclude=cfg.data.eval_split if not cfg.data.eval else ""
         )
@@ -330,6 +358,9 @@ class CodecTask(TrainTask):
         else:
             self.eval_files = []
         self.eval_files = self.eval_files[: cfg.data.max_eval_items]
+        self.teacher = self._teacher_features() if c.distill_weight > 0 else None
+        teacher_dim = next(iter(self.teacher.values())).shape[-1] if self.teacher else None
+        self.module = CodecTrainModule(self.mimi, cfg, self.disc, teacher_dim).to(device)
         self.order = BatchOrder(len(self.files), cfg.optim.batch_size, cfg.run.seed, info.rank, info.world)
         self.gen = torch.Generator().manual_seed(cfg.run.seed * 104_729 + info.rank + 1)
         self._audio: dict[Path, torch.Tensor] = {}
@@ -349,41 +380,88 @@ class CodecTask(TrainTask):
         root = manifest_root(path)
         if not utts:
             raise InputError(f"{path}: no audio to train on")
-        return [u.audio_path(root) for u in utts]
+        files = [u.audio_path(root) for u in utts]
+        self._keys.update(zip(files, (u.audio for u in utts), strict=True))
+        return files
+
+    def _teacher_features(self) -> dict[Path, torch.Tensor]:
+        """The teacher features of every training (and held-out) file, from `[codec].distill_features`."""
+        from dsm.train.teacher import load_feature_cache
+
+        c = self.cfg.codec
+        if c.decoder_only:
+            raise InputError(
+                f"{self.cfg.source}: [codec].distill_weight trains the encoder: not with decoder_only"
+            )
+        if not c.distill_features:
+            raise InputError(f"{self.cfg.source}: [codec].distill_weight > 0 needs distill_features")
+        cache, rate = load_feature_cache(self.cfg.path(c.distill_features))
+        if rate != self.mimi.frame_rate:
+            raise InputError(
+                f"{c.distill_features}: features at {rate} Hz, the codec runs at {self.mimi.frame_rate}"
+            )
+        missing = [p for p in self.files + self.eval_files if self._keys[p] not in cache]
+        if missing:
+            example = self._keys[missing[0]]
+            raise InputError(
+                f"{c.distill_features}: no teacher features for {len(missing)} files (e.g. {example}); "
+                "make them from the training manifest with: dsm data teacher MANIFEST OUT"
+            )
+        return {p: cache[self._keys[p]] for p in self.files + self.eval_files}
 
     def _wav(self, path: Path) -> torch.Tensor:
         if path not in self._audio:
             self._audio[path] = torch.from_numpy(read_audio(str(path), sample_rate=self.mimi.sample_rate))
         return self._audio[path]
 
-    def _crop(self, path: Path, random: bool) -> torch.Tensor:
+    def _crop(self, path: Path, random: bool) -> tuple[torch.Tensor, int]:
+        """A `segment` of the file (zero-padded when shorter) and its start sample."""
         wav = self._wav(path)
         if wav.shape[0] <= self.segment:
-            return F.pad(wav, (0, self.segment - wav.shape[0]))
+            return F.pad(wav, (0, self.segment - wav.shape[0])), 0
         start = 0
         if random:
-            start = int(torch.randint(wav.shape[0] - self.segment + 1, (1,), generator=self.gen))
-        return wav[start : start + self.segment]
+            if self.teacher is None:
+                start = int(torch.randint(wav.shape[0] - self.segment + 1, (1,), generator=self.gen))
+            else:  # on a frame boundary, where the teacher's frames start
+                frames = (wav.shape[0] - self.segment) // self.mimi.frame_size + 1
+                start = int(torch.randint(frames, (1,), generator=self.gen)) * self.mimi.frame_size
+        return wav[start : start + self.segment], start
 
-    def next_batch(self) -> torch.Tensor:
-        crops = [self._crop(self.files[i], random=True) for i in self.order.next()]
-        return torch.stack(crops)[:, None].to(self.info.device)
+    def _teacher_crop(self, path: Path, start: int) -> torch.Tensor:
+        """The teacher's frames of a crop [frames, D] (zero rows past the end of the file)."""
+        assert self.teacher is not None
+        n = self.segment // self.mimi.frame_size
+        first = start // self.mimi.frame_size
+        feats = self.teacher[path][first : first + n]
+        return F.pad(feats, (0, 0, 0, n - feats.shape[0]))
+
+    def next_batch(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        picks = [(self.files[i], *self._crop(self.files[i], random=True)) for i in self.order.next()]
+        wav = torch.stack([crop for _, crop, _ in picks])[:, None].to(self.info.device)
+        if self.teacher is None:
+            return wav
+        teacher = torch.stack([self._teacher_crop(path, start) for path, _, start in picks])
+        return wav, teacher.to(self.info.device)
 
     def evaluate(self, module: nn.Module, rank: int, world: int) -> dict[str, tuple[float, float]]:
         sums = {"loss": [0.0, 0.0], "mel": [0.0, 0.0], "wave": [0.0, 0.0]}
+        if self.teacher is not None:
+            sums["distill"] = [0.0, 0.0]
         for i in range(rank, len(self.eval_files), world):
-            wav = self._crop(self.eval_files[i], random=False)[None, None].to(self.info.device)
+            crop, start = self._crop(self.eval_files[i], random=False)
+            wav = crop[None, None].to(self.info.device)
             inner = getattr(module, "module", module)
-            y, _ = inner.reconstruct(wav, self.mimi.total_codebooks, update=False)
+            y, _, first = inner.reconstruct(wav, self.mimi.total_codebooks, update=False)
             y = y[..., : wav.shape[-1]]
             mel = float(inner.mel_loss(y, wav))
             wave = float(F.l1_loss(y.float(), wav.float()))
             c = self.cfg.codec
-            for name, value in (
-                ("loss", c.mel_weight * mel + c.waveform_weight * wave),
-                ("mel", mel),
-                ("wave", wave),
-            ):
+            values = [("loss", c.mel_weight * mel + c.waveform_weight * wave), ("mel", mel), ("wave", wave)]
+            if self.teacher is not None:
+                teacher = self._teacher_crop(self.eval_files[i], start)[None].to(self.info.device)
+                values.append(("distill", float(inner.distill_loss(first, teacher))))
+            for name, value in values:
                 sums[name][0] += value
                 sums[name][1] += 1
         return {k: (v[0], v[1]) for k, v in sums.items()}

@@ -147,6 +147,10 @@ class CodecTrainConfig:
     # train only the decoder side (upsample, decoder transformer, SEANet decoder) of the ``init`` codec:
     # its codes stay exactly as they were, so models trained on them keep working with the better decoder
     decoder_only: bool = False
+    # semantic distillation of the first codebook (`dsm.train.teacher`): a linear head maps its quantized
+    # output to the teacher's features of the same 80 ms frame, loss = weight x (1 - cosine similarity)
+    distill_features: str = ""  # safetensors of `dsm data teacher` for the training manifest
+    distill_weight: float = 0.0
 
 
 @dataclass
