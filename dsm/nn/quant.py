@@ -44,7 +44,7 @@ INT4_GROUP = 32
 # int8 weight-only 60 ms at 4 rows; w8a8 33 / 31 / 46, and 150 ms at 64 rows against 318;
 # see docs/benchmarks.md).
 MAX_ROWS = 8
-MAX_ROWS_BY_KIND = {"fp16": 8, "int8": 8, "w8a8": 64, "int4": 8}
+MAX_ROWS_BY_KIND = {"fp16": MAX_ROWS, "int8": MAX_ROWS, "w8a8": 64, "int4": MAX_ROWS}
 
 
 @dataclass(frozen=True)
@@ -123,15 +123,23 @@ def pack_w8a8(weight: torch.Tensor) -> Any:
         return torch.ops.quantized.linear_prepack(qweight, None)
 
 
+@functools.cache
+def _span_row(width: int) -> torch.Tensor:
+    """[1, width] float32 holding -1 and 1 (see `w8a8_linear`); made once per width, never written."""
+    with derived_tensors():  # usable in and out of inference mode
+        row = torch.zeros(1, width)
+        row[0, 0], row[0, -1] = -1.0, 1.0
+    return row
+
+
 def w8a8_linear(x: torch.Tensor, packed: Any) -> torch.Tensor:
     """x [M, K] float32 @ packed^T with x quantized to int8 per row. FBGEMM quantizes its whole input
     with one scale and zero point from the input's range, so each row is scaled to a largest magnitude
     of 1 (its product scaled back) and a row holding -1 and 1 is added: every row then gets the same
     grid whatever the other rows hold, so a stream's result does not depend on its batch neighbours."""
     scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
-    span = torch.zeros(1, x.shape[1], dtype=x.dtype, device=x.device)
-    span[0, 0], span[0, -1] = -1.0, 1.0
-    out = torch.ops.quantized.linear_dynamic(torch.cat([x / scale, span]), packed, not _cpu_has_vnni())
+    rows = torch.cat([x / scale, _span_row(x.shape[1])])
+    out = torch.ops.quantized.linear_dynamic(rows, packed, not _cpu_has_vnni())
     return out[:-1] * scale
 
 

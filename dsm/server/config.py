@@ -185,8 +185,8 @@ class AsrModuleConfig:
     dsm extensions (all optional): `hf_repo` (a hub repo or local model directory: files and architecture
     from its config.json; `"bundled"`: dsm's bundled English STT), `config_file` (a Kyutai
     config.json instead of the `model` table), `device` (`auto`, `cpu`, `cuda`...), `exact` (reference
-    kernels, bit-exact with offline transcription), `quantize` (`int8` / `int4`: weight-only quantized
-    LM products on CPU, `dsm.nn.quant`), `mimi_config` (a table of `MimiConfig` fields for
+    kernels, bit-exact with offline transcription), `quantize` (one of `dsm.nn.quant.KINDS`: LM products on
+    converted weights on CPU), `mimi_config` (a table of `MimiConfig` fields for
     non-standard codecs), `audio_silence_prefix_seconds` and `audio_delay_seconds` (the offline recipe of
     the REST endpoints; default: the model's `stt_config`, else 0 and `asr_delay_in_tokens / 12.5`),
     `idle_timeout_s` (120: no binary message), `max_session_s` (0: unlimited), `max_message_bytes` (16

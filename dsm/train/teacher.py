@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from dsm.audio import read_audio, resample
 from dsm.errors import InputError
@@ -120,4 +120,5 @@ def load_feature_cache(path: str | Path) -> tuple[dict[str, torch.Tensor], float
         raise InputError(f"{path}: no teacher features (make them with: dsm data teacher MANIFEST {path})")
     with safe_open(str(path), "pt") as f:
         meta: dict[str, Any] = f.metadata() or {}
-    return load_file(str(path)), float(meta.get("frame_rate", 12.5))
+        names = f.keys()
+        return {name: f.get_tensor(name) for name in names}, float(meta.get("frame_rate", 12.5))

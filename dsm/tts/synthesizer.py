@@ -116,9 +116,8 @@ class Synthesizer:
     fast kernels agree to float rounding (on CPU, 16-bit attention as two matrix products, the depth
     transformer's in float32), skip the codebooks still inside their acoustic delay and keep the
     cross-attention keys and values of the last `cross_cache_size` voices, so a voice used again starts
-    sooner. `quantize`
-    (one of `dsm.nn.quant.KINDS`: "fp16", "int8", "w8a8", "int4"; CPU) runs the streaming products on
-    converted weights (`dsm.nn.quant`).
+    sooner. `quantize` (one of `dsm.nn.quant.KINDS`: "fp16", "int8", "w8a8", "int4"; CPU) runs the
+    streaming products on converted weights (`dsm.nn.quant`).
     """
 
     def __init__(
@@ -345,8 +344,8 @@ class Synthesizer:
         **engine: Any,
     ) -> LMGen:
         """The batched engine of this model's sampling settings (temperatures, top-k, CFG, n_q, exact,
-        quantization) over conditioned slots, with the voices' cross-attention
-        keys/values from the cache. ``engine`` takes LMGen's per-run arguments (generator or seeds, hooks)."""
+        quantization) over conditioned slots, with the voices' cross-attention keys/values from the cache.
+        ``engine`` takes LMGen's per-run arguments (generator or seeds, hooks)."""
         gen = LMGen(
             self.lm,
             batch_size,
