@@ -24,7 +24,8 @@ DATA=data/bundled
 RUNS=runs/bundled
 SENTENCES=${SENTENCES:-1500}
 EXTRA_SENTENCES=${EXTRA_SENTENCES:-12000}   # STT only: more text variety (espeak-ng, all of them)
-PIPER_EXTRA=${PIPER_EXTRA:-2000}            # STT only: how many of those Piper speaks too
+PIPER_EXTRA=${PIPER_EXTRA:-800}             # STT and TTS: how many of those Piper speaks too
+PIPER_RATES=${PIPER_RATES:-3000}            # and how many of the next ones, at 150, 175 or 200 wpm
 # espeak-ng voices: six for training, two (TEST_VOICES) held out entirely for the test split
 TRAIN_VOICES=en-us,en-us+f3,en-us+m2,en-us+m3,en-us+f2,en-us+m1
 TEST_VOICES=en-us+f4,en-us+m4
@@ -60,8 +61,16 @@ corpus)
     head -n "$PIPER_EXTRA" "$DATA/extra_sentences.txt" > "$DATA/extra_sentences_piper.txt"
     dsm data synth --out "$DATA/piper_extra" --text "$DATA/extra_sentences_piper.txt" --voices piper \
         --seed 2 --workers 2 --overwrite
-    python scripts/bundled_data.py merge "$DATA/stt_train.jsonl" "$DATA/all.jsonl" \
+    # the Piper voice generalises worst to new sentences (it varies, espeak-ng does not): more of it, at
+    # three speaking rates
+    sed -n "$((PIPER_EXTRA + 1)),$((PIPER_EXTRA + PIPER_RATES))p" "$DATA/extra_sentences.txt" \
+        > "$DATA/extra_sentences_piper_rates.txt"
+    dsm data synth --out "$DATA/piper_rates" --text "$DATA/extra_sentences_piper_rates.txt" --voices piper \
+        --rates 150,175,200 --combos 1 --seed 3 --workers 2 --overwrite
+    python scripts/bundled_data.py merge "$DATA/tts_train.jsonl" "$DATA/all.jsonl" \
         "$DATA/espeak_extra/manifest.jsonl" "$DATA/piper_extra/manifest.jsonl" --default-split train
+    python scripts/bundled_data.py merge "$DATA/stt_train.jsonl" "$DATA/tts_train.jsonl" \
+        "$DATA/piper_rates/manifest.jsonl" --default-split train
     ;;
 codec)
     train codec

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from train_fixtures import (
+    STT_ARCH,
     TINY_MIMI,
     codec_config_dict,
     make_assets,
@@ -259,8 +260,12 @@ def test_codes_cache_keys(assets, tmp_path):
     wav = torch.nn.functional.pad(wav, (0, -wav.shape[0] % 1920 + 2 * 1920))
     with torch.no_grad():
         assert torch.equal(four, mimi.encode(wav.view(1, 1, -1), n_q=4)[0])
-    cache.codes(clip, 4)
-    assert cache.misses == 2  # another request (no silence appended)
+    # less silence: the prefix of the entry with more (the codec is causal), equal to encoding it afresh
+    bare = cache.codes(clip, 8)
+    assert cache.misses == 1 and cache.hits == 4 and bare.shape == (8, 25)
+    assert torch.equal(bare, CodesCache(tmp_path / "fresh", mimi).codes(clip, 8))
+    cache.codes(clip, 4, silence_frames=3)
+    assert cache.misses == 2  # more silence than any entry has: encoded
     with pytest.raises(ValueError, match="n_q"):
         cache.codes(clip, mimi.total_codebooks + 1)
     other = load_mimi(assets["mimi"], config=tiny_mimi_config())
@@ -331,3 +336,57 @@ def test_ddp_with_torchrun(assets, tmp_path):
     state = _state(tmp_path / "run" / "checkpoint.pt")
     assert state["step"] == 4 and len(state["ranks"]) == 2
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("dim", [32, 64])  # the tiny codec's latent width, and wider (random projection)
+def test_codec_embeddings_start_from_the_codec_latent(assets, tmp_path, dim):
+    """With [model].codec_embeddings a new LM's summed audio embedding of a frame is a fixed linear map of
+    the codec's latent for its codes (the identity up to scale when the widths agree)."""
+    from dsm.train.lm_task import load_setup
+
+    arch = {**copy.deepcopy(STT_ARCH), "dim": dim}
+    raw = stt_config_dict(assets, tmp_path / "run", model={"arch": arch, "codec_embeddings": True})
+    setup = load_setup(cfg_of(raw, "stt", tmp_path), torch.device("cpu"))
+    lm, mimi = setup.lm, setup.mimi
+    codes = torch.randint(0, lm.cfg.card, (1, lm.cfg.n_q, 200))
+    with torch.no_grad():
+        summed = sum(lm.emb[q](codes[:, q]) for q in range(lm.cfg.n_q))[0]  # [T, dim]
+        latent = mimi.quantizer.decode(codes)[0].T  # [T, 32]
+    fit = torch.linalg.lstsq(latent, summed).solution
+    assert torch.allclose(latent @ fit, summed, atol=1e-5 * float(summed.abs().max()))
+    if dim == latent.shape[1]:
+        scale = float(summed.norm() / latent.norm())
+        assert torch.allclose(summed, latent * scale, atol=1e-6)
+    assert 0.5 < float(summed.pow(2).mean().sqrt()) / (0.02 * lm.cfg.n_q**0.5) < 2.0
+    assert not torch.equal(lm.emb[0].weight[-1], torch.zeros(dim))  # the initial token keeps its row
+
+
+def test_codec_embeddings_only_from_scratch(assets, published, tmp_path):
+    raw = {
+        "run": {"out_dir": str(tmp_path / "run")},
+        "data": {"train": str(assets["manifest"]), "cache_dir": str(assets["root"] / "cache")},
+        "model": {"init": str(published), "mimi_config": copy.deepcopy(TINY_MIMI), "codec_embeddings": True},
+    }
+    from dsm.train.lm_task import load_setup
+
+    with pytest.raises(InputError, match="codec_embeddings is for models trained from scratch"):
+        load_setup(cfg_of(raw, "stt", tmp_path), torch.device("cpu"))
+
+
+def test_tts_voice_pool_bounds_the_voice_clips(assets, tmp_path):
+    """[tts].voice_pool = 1: every item's voice comes from its speaker's first training utterance, and only
+    those clips' latents are encoded."""
+    from dsm.train.loop import DistInfo
+    from dsm.train.run import build_task
+
+    raw = tts_config_dict(assets, tmp_path / "run", tts={"voice_pool": 1})
+    task = build_task(cfg_of(raw, "tts", tmp_path), DistInfo())
+    firsts = {}
+    for item in task.train_items:
+        firsts.setdefault(item.speaker, item.audio)
+    assert dict(task.by_speaker) == {k: [v] for k, v in firsts.items()}
+    assert set(task.latents) == set(firsts.values())
+    for item in task.train_items + task.eval_items:
+        assert task._voice_source(item, train=True) == firsts[item.speaker]
+    with pytest.raises(InputError, match="voice_pool"):
+        cfg_of(tts_config_dict(assets, tmp_path / "bad", tts={"voice_pool": -1}), "tts", tmp_path)

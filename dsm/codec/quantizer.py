@@ -126,6 +126,12 @@ class ResidualVQ(nn.Module):
             quantized = vec if quantized is None else quantized + vec
         return self.output_proj(quantized)
 
+    def code_vectors(self) -> torch.Tensor:
+        """[levels, bins, C_out]: each level's codewords through the output projection (what one code adds
+        to the decoded latent; the projection is linear, so `decode` is the sum of these rows)."""
+        weight = self.output_proj.weight[:, :, 0]
+        return torch.stack([level._codebook.embedding @ weight.T for level in self.vq.layers])
+
 
 class SplitResidualVQ(nn.Module):
     """rvq_first (semantic, 1 level) and rvq_rest (acoustic), both fed the same latent."""
@@ -164,6 +170,11 @@ class SplitResidualVQ(nn.Module):
         if n_q > self.n_q_semantic:
             codes = torch.cat([codes, self.rvq_rest.encode(x, n_q - self.n_q_semantic, exact)], dim=1)
         return codes
+
+    def code_vectors(self) -> torch.Tensor:
+        """[n_q, bins, output_dimension]: code k of codebook q adds ``code_vectors()[q, k]`` to the latent
+        that `decode` returns (codebook 0 the semantic one)."""
+        return torch.cat([self.rvq_first.code_vectors(), self.rvq_rest.code_vectors()])
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         quantized = self.rvq_first.decode(codes[:, : self.n_q_semantic])

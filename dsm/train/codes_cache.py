@@ -2,7 +2,8 @@
 
 An entry's key is the SHA-256 of the audio file's bytes, the codec's identity (a hash of its weights and
 architecture, :func:`codec_identity`) and the request (codebooks, silence appended, latent length), so a
-renamed file reuses its entry and an edited file or another codec gets a new one. Entries are safetensors
+renamed file reuses its entry and an edited file or another codec gets a new one; codes with less silence
+appended are read from an entry with more (the codec is causal). Entries are safetensors
 files written atomically (temporary file + ``os.replace``), so concurrent workers and killed runs never
 leave a torn entry.
 """
@@ -27,6 +28,8 @@ from dsm.errors import AudioError
 from dsm.tts.voices import voice_from_audio
 
 _CHUNK = 1 << 20
+# how much longer a cached encoding's silence may be and still serve a request (by its prefix)
+LONGER_SILENCE = 32
 
 
 def file_digest(path: str | Path) -> str:
@@ -114,11 +117,11 @@ class CodesCache:
         full = self.mimi.total_codebooks
         if not 1 <= n_q <= full:
             raise ValueError(f"n_q must lie in [1, {full}], got {n_q}")
-        entry = self._entry(path, f"codes:{full}:{silence_frames}")
-        cached = self._load(entry)
+        cached = self._cached_codes(path, full, silence_frames)
         if cached is not None:
             self.hits += 1
             return cached[:n_q].long()
+        entry = self._entry(path, f"codes:{full}:{silence_frames}")
         self.misses += 1
         wav = self._wav(path)
         frame = self.mimi.frame_size
@@ -128,6 +131,15 @@ class CodesCache:
         dtype = torch.int16 if self.mimi.cardinality <= 32768 else torch.int32
         self._store(entry, codes.to(dtype))
         return codes[:n_q].long()
+
+    def _cached_codes(self, path: str | Path, full: int, silence_frames: int) -> torch.Tensor | None:
+        """The entry for this much silence, else the prefix of one with up to `LONGER_SILENCE` frames more:
+        Mimi is causal, so a frame's codes depend only on the samples up to its end."""
+        for extra in range(LONGER_SILENCE + 1):
+            cached = self._load(self._entry(path, f"codes:{full}:{silence_frames + extra}"))
+            if cached is not None:
+                return cached[:, : cached.shape[1] - extra]
+        return None
 
     def latent(self, path: str | Path, seconds: float) -> torch.Tensor:
         """Unquantized latent [round(seconds * 12.5), dim] (float32) of the file's first ``seconds``."""

@@ -83,6 +83,9 @@ class ModelConfig:
     mimi_config: dict[str, Any] = field(default_factory=dict)  # MimiConfig fields (+ "seanet" table)
     arch: dict[str, Any] = field(default_factory=dict)
     export_dtype: str = "bfloat16"
+    # from scratch: start the audio code embeddings from the codec's code vectors (what each code adds to
+    # its latent), so the summed input embedding is the codec's latent instead of random noise
+    codec_embeddings: bool = False
 
 
 @dataclass
@@ -107,6 +110,9 @@ class TtsTrainConfig:
     condition_dropout: float = 0.0  # probability of dropping every condition (classifier-free guidance)
     voice_seconds: float = 10.0
     voice_mimi: str = ""  # Mimi weights for voice latents (default: the codes' Mimi)
+    # voice clips of a speaker come from its first N training utterances (0 = all): bounds the voice latents
+    # to encode when a corpus has thousands of utterances per speaker
+    voice_pool: int = 0
     max_speakers: int | None = None
     text_conditions: dict[str, str] = field(default_factory=dict)  # e.g. {control = "ok"}
 
@@ -262,6 +268,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.optim.warmup_steps >= 0, "[optim].warmup_steps must be >= 0"),
         (0 <= cfg.tts.condition_dropout <= 1, "[tts].condition_dropout must lie in [0, 1]"),
         (0 <= cfg.stt.code_noise < 1, "[stt].code_noise must lie in [0, 1)"),
+        (cfg.tts.voice_pool >= 0, "[tts].voice_pool must be >= 0"),
         (cfg.lora.rank >= 1, "[lora].rank must be >= 1"),
         (cfg.model.export_dtype in ("bfloat16", "float32"), "[model].export_dtype: bfloat16 or float32"),
     ]

@@ -70,6 +70,25 @@ def init_weights(lm: LMModel, std: float = 0.02) -> None:
                 module.in_proj_weight.normal_(0.0, std)
 
 
+def init_from_codec(lm: LMModel, mimi: Mimi, std: float = 0.02) -> None:
+    """Start the LM's audio code embeddings from the codec's code vectors (`SplitResidualVQ.code_vectors`):
+    a frame's summed input embedding is then the codec's latent of it (through a fixed random projection
+    when the widths differ), scaled to the overall size of `init_weights`' random embeddings."""
+    with torch.no_grad():
+        vectors = mimi.quantizer.code_vectors()[: lm.cfg.n_q].float()  # [n_q, bins, latent]
+        if vectors.shape[1] != lm.cfg.card:
+            raise InputError(f"the LM has {lm.cfg.card} codes per codebook but the Mimi {vectors.shape[1]}")
+        latent = vectors.shape[-1]
+        if latent != lm.cfg.dim:
+            generator = torch.Generator().manual_seed(0)
+            projection = torch.randn(latent, lm.cfg.dim, generator=generator) / math.sqrt(latent)
+            vectors = vectors @ projection.to(vectors.device)
+        summed_rms = vectors.pow(2).mean(dim=(1, 2)).sum().sqrt()  # of a sum of independent codes
+        vectors = vectors * (std * math.sqrt(lm.cfg.n_q) / summed_rms)
+        for embedding, table in zip(lm.emb, vectors, strict=True):
+            embedding.weight[: lm.cfg.card] = table.to(embedding.weight.dtype)
+
+
 def load_setup(cfg: TrainConfig, device: torch.device) -> LMSetup:
     """Fine-tune: resolve a Kyutai-format checkpoint (hub repo / directory / files) and load it in float32.
     From scratch: build ``[model.arch]`` (Kyutai config.json keys) with `init_weights`."""
@@ -126,6 +145,10 @@ def load_setup(cfg: TrainConfig, device: torch.device) -> LMSetup:
     mimi = load_mimi(mimi_path, config=mimi_cfg, device=device)  # all codebooks: one codes cache entry
     if lm.cfg.n_q > mimi.total_codebooks:
         raise InputError(f"the LM reads {lm.cfg.n_q} codebooks but the Mimi has {mimi.total_codebooks}")
+    if m.codec_embeddings:
+        if init or opt["moshi_weight"]:
+            raise InputError(f"{cfg.source}: [model].codec_embeddings is for models trained from scratch")
+        init_from_codec(lm, mimi)
     lm.train()
     lm.requires_grad_(True)
     return LMSetup(lm, raw, tokenizer, Path(tok_path), mimi, Path(mimi_path))

@@ -7,7 +7,8 @@ lookahead second stream when ``second_stream_ahead`` > 0. Multi-speaker models (
 ``speaker_wavs`` tensor conditioner) get speaker token 1 before the first word, as Kyutai's scripts do.
 
 Voice conditioning: the unquantized Mimi latent of the first ``voice_seconds`` of another utterance of the
-same speaker (drawn at random each time; the utterance itself when it is the speaker's only one), zero-padded
+same speaker (drawn at random each time, from its first ``voice_pool`` training utterances when that is set;
+the utterance itself when it is the speaker's only one), zero-padded
 to that length, in slot 0 of ``max_speakers`` slots (model-spec §5.4); LUT conditions take the values of
 ``[tts].text_conditions`` (absent ones are None). With ``condition_dropout`` every condition of an item is
 dropped with that probability (classifier-free guidance training). Loss: text cross-entropy (padding
@@ -80,9 +81,10 @@ class TtsTask(LMTask):
     def load_data(self) -> None:
         super().load_data()
         self.latents: dict[Path, torch.Tensor] = {}
-        self.by_speaker: dict[str, list[Path]] = defaultdict(list)
+        self.by_speaker: dict[str, list[Path]] = defaultdict(list)  # voice clips to draw from
+        pool = self.cfg.tts.voice_pool
         for item in self.train_items:
-            if item.speaker:
+            if item.speaker and (pool == 0 or len(self.by_speaker[item.speaker]) < pool):
                 self.by_speaker[item.speaker].append(item.audio)
         if not self.voice_names:
             return
@@ -98,9 +100,14 @@ class TtsTask(LMTask):
                 f"{voice_mimi.cfg.dimension}-dim ones"
             )
         cache = CodesCache(self.cache.directory, voice_mimi, self.device)
-        for item in self.train_items + self.eval_items:
-            if item.audio not in self.latents:
-                self.latents[item.audio] = cache.latent(item.audio, t.voice_seconds)
+        distinct = {speaker: set(clips) for speaker, clips in self.by_speaker.items()}
+        needed = [clip for clips in self.by_speaker.values() for clip in clips]
+        # an item whose speaker has no other clip is its own voice (`_voice_source`)
+        items = self.train_items + self.eval_items
+        needed += [i.audio for i in items if distinct.get(i.speaker, set()) <= {i.audio}]
+        for source in needed:
+            if source not in self.latents:
+                self.latents[source] = cache.latent(source, t.voice_seconds)
 
     def example(self, item: LMItem) -> LMExample:
         words = list(item.words)
