@@ -1,7 +1,7 @@
 """dsm's bundled offline models (dsm/models, docs/models.md): used by default, offline.
 
-Shipped so far: the codec. The held-out clip (tests/data/bundled/) is a test-split sentence of the bundled
-corpus, spoken by the Piper voice, never heard in training."""
+Shipped: the codec and the STT. The held-out clip (tests/data/bundled/) is a test-split sentence of the
+bundled corpus, spoken by the Piper voice, never heard in training."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from dsm.cli import main
 from dsm.codec import load_mimi
 from dsm.errors import CheckpointError
 from dsm.stt import Transcriber
+from dsm.stt.wer import word_errors
 from dsm.train.codec import MultiScaleMelLoss
 
 DATA = Path(__file__).parent / "data" / "bundled"
@@ -80,3 +81,69 @@ def test_unshipped_models_fail_clearly(monkeypatch, tmp_path, capsys):
     assert "--hf-repo kyutai/tts-1.6b-en_fr" in capsys.readouterr().err
     assert main(["codec", "roundtrip", str(DATA / CLIP["audio"]), str(tmp_path / "o.wav")]) == 2
     assert "bundled codec model is not installed" in capsys.readouterr().err
+
+
+def test_bundled_stt_transcribes_heldout_clip_with_timestamps():
+    """The bundled STT, with no model named, on a held-out sentence: the expected words, each starting
+    within 160 ms (two frames) of its aligned start."""
+    transcript = Transcriber.from_checkpoint().transcribe(str(DATA / CLIP["audio"]))
+    assert word_errors(CLIP["text"], transcript.text, normalize=True).errors == 0, transcript.text
+    assert len(transcript.words) == len(CLIP["words"])
+    for got, expected in zip(transcript.words, CLIP["words"], strict=True):
+        assert abs(got.start - expected["start"]) <= 0.16, (got, expected)
+        assert got.end >= got.start
+
+
+def test_stt_cli_defaults_to_bundled_model(capsys):
+    assert main(["stt", "--format", "json", str(DATA / CLIP["audio"])]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert word_errors(CLIP["text"], out["text"], normalize=True).errors == 0, out["text"]
+    assert [w["start"] for w in out["words"]] == pytest.approx([w["start"] for w in CLIP["words"]], abs=0.16)
+
+
+def test_example_server_config_serves_bundled_stt(tmp_path, monkeypatch):
+    """`dsm serve --config configs/bundled.toml`: the bundled STT behind the moshi-server protocol, over a
+    real WebSocket on loopback; the held-out clip's words come back as Word messages."""
+    aiohttp = pytest.importorskip("aiohttp")
+    msgpack = pytest.importorskip("msgpack")
+    from dsm.server import BackgroundServer, Server, load_config
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # the config's log_dir is under $HOME
+    server = Server(load_config(Path(__file__).resolve().parents[1] / "configs" / "bundled.toml"))
+    server.load()
+    background = BackgroundServer(server)
+    url = background.start().replace("http://", "ws://") + "/api/asr-streaming"
+    pcm = read_audio(str(DATA / CLIP["audio"]), sample_rate=24_000)
+    pcm = np.concatenate([pcm, np.zeros(-len(pcm) % 1920 + 10 * 1920, np.float32)])  # the delay's frames
+
+    def packed(message: dict) -> bytes:
+        return msgpack.packb(message, use_single_float=True)
+
+    async def session() -> list[dict]:
+        headers = {"kyutai-api-key": "public_token"}
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+            assert msgpack.unpackb((await ws.receive(timeout=60)).data) == {"type": "Ready"}
+            for i in range(0, len(pcm), 1920):
+                await ws.send_bytes(packed({"type": "Audio", "pcm": pcm[i : i + 1920].tolist()}))
+            await ws.send_bytes(packed({"type": "Marker", "id": 7}))
+            for _ in range(8):
+                await ws.send_bytes(packed({"type": "Audio", "pcm": [0.0] * 1920}))
+            messages = []
+            async for m in ws:
+                messages.append(msgpack.unpackb(m.data))
+                if messages[-1]["type"] in ("Marker", "Error"):
+                    return messages
+            return messages
+
+    try:
+        import asyncio
+
+        messages = asyncio.run(asyncio.wait_for(session(), 120))
+    finally:
+        background.stop()
+    assert messages[-1] == {"type": "Marker", "id": 7}
+    words = [m for m in messages if m["type"] == "Word"]
+    text = " ".join(m["text"] for m in words)
+    assert word_errors(CLIP["text"], text, normalize=True).errors == 0, text
+    starts = [m["start_time"] for m in words]
+    assert starts == pytest.approx([w["start"] for w in CLIP["words"]], abs=0.16)

@@ -68,7 +68,10 @@ def test_stt_from_scratch_lowers_loss_and_exports(assets, tmp_path):
     stt = Transcriber.from_checkpoint(export)  # ...so that loading needs no mimi_config
     result = stt.transcribe(assets["root"] / "data" / "clips" / "011.wav")
     assert len(result.tokens) == 25 + 4  # 2 s of audio and the 0.32 s delay
-    assert all(0 <= t < 128 for t in result.tokens)
+    vocab = assets["tok"].vocab_size()  # 120 pieces, text_card 128: the head keeps the tokenizer's rows
+    assert config["text_card"] == 128 and config["text_card_out"] == vocab
+    assert load_file(str(export / "model.safetensors"))["text_linear.weight"].shape[0] == vocab
+    assert all(0 <= t < vocab for t in result.tokens)
 
 
 def _state(path):

@@ -40,11 +40,14 @@ def export_lm(
     mimi_weight: str | Path,
     dtype: torch.dtype = torch.bfloat16,
     updates: dict[str, Any] | None = None,
+    text_vocab: int | None = None,
 ) -> Path:
     """Save ``lm`` (an `LMModel`, possibly with LoRA adapters) and its files into ``out_dir``.
 
     ``raw_config`` is the model's Kyutai config.json content; ``updates`` overrides keys of it (e.g.
-    ``stt_config``). Returns the directory.
+    ``stt_config``). With ``text_vocab`` (the tokenizer's size) below the model's text outputs, the text
+    head keeps only that many rows (``text_card_out``), so that no sampler can write a token the tokenizer
+    cannot read. Returns the directory.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,14 +58,20 @@ def export_lm(
             keep32 = key.startswith("condition_provider.") or key.startswith("fuser.")
             value = value.float() if keep32 else value.to(dtype)
         state[key] = value.contiguous()
+    config = dict(raw_config)
+    config.update(updates or {})
+    text_out = state["text_linear.weight"].shape[0] if "text_linear.weight" in state else None
+    if text_vocab is not None and text_out is not None and text_vocab < text_out:
+        for key in ("text_linear.weight", "text_linear.bias"):
+            if key in state:
+                state[key] = state[key][:text_vocab].contiguous()
+        config["text_card_out"] = text_vocab
     tmp = out / f".{MODEL_NAME}.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / MODEL_NAME)
     tokenizer, mimi_weight = Path(tokenizer), Path(mimi_weight)
     _copy(tokenizer, out / tokenizer.name)
     _copy(mimi_weight, out / mimi_weight.name)
-    config = dict(raw_config)
-    config.update(updates or {})
     config.update(moshi_name=MODEL_NAME, mimi_name=mimi_weight.name, tokenizer_name=tokenizer.name)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out

@@ -332,6 +332,7 @@ class LMTask(TrainTask):
             mimi_weight=self.setup.mimi_path,
             dtype=dtype,
             updates=updates,
+            text_vocab=self.setup.tokenizer.vocab_size(),
         )
         log.info("exported the trained model to %s", out_dir)
 
