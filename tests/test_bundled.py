@@ -46,6 +46,14 @@ def test_bundled_codec_is_complete_and_small():
     assert mimi.total_codebooks == 8 and mimi.cfg.seanet.n_filters == 16
 
 
+def test_bundled_models_fit_the_size_budget():
+    """Everything shipped under dsm/models stays within issue 8's 60 MB."""
+    from dsm.bundled import ROOT
+
+    bundled("stt")  # complete, with the shared codec
+    assert sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file()) <= 60e6
+
+
 def test_main_job_roundtrip_uses_bundled_codec(tmp_path, capsys):
     """The README's main job (`dsm codec roundtrip IN OUT`) with no model flags: the bundled codec, offline;
     the held-out speech comes back close to the original."""
