@@ -155,3 +155,11 @@ def test_example_server_config_serves_bundled_stt(tmp_path, monkeypatch):
     assert word_errors(CLIP["text"], text, normalize=True).errors == 0, text
     starts = [m["start_time"] for m in words]
     assert starts == pytest.approx([w["start"] for w in CLIP["words"]], abs=0.16)
+
+
+def test_vad_flag_warns_without_an_end_of_turn_head(capsys):
+    """The bundled STT has no end-of-turn head: `--vad` says so and still transcribes."""
+    assert main(["stt", "--vad", str(DATA / CLIP["audio"])]) == 0
+    captured = capsys.readouterr()
+    assert "no end-of-turn head" in captured.err
+    assert word_errors(CLIP["text"], captured.out.strip(), normalize=True).errors == 0

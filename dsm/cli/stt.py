@@ -179,6 +179,9 @@ def cmd_stt(args: argparse.Namespace) -> int:
     if not inputs:
         return 2
     transcriber = load_transcriber(args)
+    if args.vad and transcriber.num_heads <= END_OF_TURN_HEAD:
+        warning = "--vad: this model has no end-of-turn head (kyutai/stt-1b-en_fr has one)"
+        print(f"dsm: warning: {warning}", file=sys.stderr)
     prompt = transcriber.make_prompt(args.prompt_text, args.prompt_audio)
     live = len(inputs) == 1 and args.format == "text" and not args.output_dir and prompt is None
     if live:
