@@ -82,8 +82,10 @@ def eval_stt(manifest: Path, split: str, per_speaker: int, model: str | None = N
     return out
 
 
-def eval_tts(manifest: Path, split: str, sentences: int, out_dir: Path, seed: int) -> dict[str, Any]:
-    synth = Synthesizer.from_checkpoint(dtype=torch.float32)
+def eval_tts(
+    manifest: Path, split: str, sentences: int, out_dir: Path, seed: int, **options: Any
+) -> dict[str, Any]:
+    synth = Synthesizer.from_checkpoint(dtype=torch.float32, **options)
     stt = Transcriber.from_checkpoint()
     judge = load_judge()
     from dsm.tts.voices import available_voices
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--sentences", type=int, default=30)
     t.add_argument("--out", type=Path, default=Path("runs/bundled/tts_eval"))
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--cfg-coef", type=float, default=None, help="guidance strength (default: the model's)")
+    t.add_argument("--temperature", type=float, default=None)
     r = sub.add_parser("real")
     r.add_argument("--clips", type=Path, nargs="*", default=None)
     for p in (s, t, r):
@@ -163,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:>24}: WER {r_['wer_percent']:6.2f} % ({r_['errors']} / {r_['words']} words)")
         print("word start error:", res.get("word_start_error_s"), "RTF", res["real_time_factor"])
     elif args.cmd == "tts":
-        res = eval_tts(args.manifest, args.split, args.sentences, args.out, args.seed)
+        options = {"cfg_coef": args.cfg_coef, "temperature": args.temperature}
+        options = {k: v for k, v in options.items() if v is not None}
+        res = eval_tts(args.manifest, args.split, args.sentences, args.out, args.seed, **options)
         for voice, r_ in res["voices"].items():
             w, h = r_["whisper"], r_["bundled_stt"]
             print(

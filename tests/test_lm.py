@@ -202,3 +202,35 @@ def test_config_reads_meta_and_depformer_overrides():
     assert dep.positional_embedding == "none" and dep.context is None and not dep.cross_attention
     stt = LMConfig.from_kyutai(lm_configs.STT_1B)
     assert stt.temporal().context == 750 and stt.temporal().max_period == 100000
+
+
+def test_forward_without_text_input_is_the_generation_null_branch():
+    """`LMModel.forward(codes, inputs=...)` with the text row of `inputs` withheld (CFG training) gives the
+    logits generation uses for the null branch with `cfg_is_no_text`: a greedy run whose audio comes from
+    that branch alone (cfg_coef 0) is reproduced token for token by the teacher-forced forward on the
+    generated codes; not with the text read, nor with the text row removed from `codes` itself (the
+    depformer would lose the step's text token, which generation keeps)."""
+    from dsm.engine.generator import LMGen
+    from dsm.lm.model import LMModel
+
+    torch.manual_seed(0)
+    model = LMModel(tiny_config()).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.5)  # larger than the init, so that the text visibly changes the audio
+    gen = LMGen(model, 1, temp=0.0, temp_text=0.0, cfg_coef=0.0, cfg_is_no_text=True)
+    frames = [gen.step().tokens for _ in range(24)]
+    codes = torch.stack([f for f in frames if bool((f >= 0).all())], dim=2)  # [1, 1 + dep_q, T]
+    assert codes.shape[2] >= 16
+    no_text = codes.clone()
+    no_text[:, 0] = -1
+
+    def agrees(fed: torch.Tensor, inputs: torch.Tensor | None) -> bool:
+        with torch.no_grad():
+            out = model(fed, inputs=inputs)
+        return torch.equal(out.logits.argmax(-1)[out.mask], codes[:, 1:][out.mask])
+
+    assert agrees(codes, no_text)
+    assert not agrees(codes, None)
+    assert not agrees(no_text, None)
+    with pytest.raises(ValueError, match="shape of codes"):
+        model(codes, inputs=no_text[..., 1:])

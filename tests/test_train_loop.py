@@ -393,3 +393,62 @@ def test_tts_voice_pool_bounds_the_voice_clips(assets, tmp_path):
         assert task._voice_source(item, train=True) == firsts[item.speaker]
     with pytest.raises(InputError, match="voice_pool"):
         cfg_of(tts_config_dict(assets, tmp_path / "bad", tts={"voice_pool": -1}), "tts", tmp_path)
+
+
+def test_tts_condition_dropout_is_the_generation_null_branch(assets, tmp_path):
+    """A dropped training item is what generation's CFG null branch (`cfg_is_no_text`) sees: the temporal
+    transformer's inputs without text (tests/test_lm.py checks that forward then matches that branch), no
+    text loss, every condition null; the codes themselves (the targets) are unchanged. Evaluation batches
+    never drop."""
+    from dsm.train.loop import DistInfo
+    from dsm.train.run import build_task
+
+    raw = tts_config_dict(assets, tmp_path / "run", tts={"condition_dropout": 1.0})
+    task = build_task(cfg_of(raw, "tts", tmp_path), DistInfo())
+    items = task.train_items[:3]
+    kept = [task.example(item) for item in items]
+    dropped = task.make_batch(items, train=True)
+    inputs = dropped.extra["inputs"]
+    assert bool((inputs[:, 0] == -1).all()) and torch.equal(inputs[:, 1:], dropped.codes[:, 1:])
+    assert float(dropped.text_weight.sum()) == 0.0
+    for b, example in enumerate(kept):
+        assert torch.equal(dropped.codes[b, :, : example.codes.shape[1]], example.codes)
+        assert float(example.text_weight.sum()) > 0
+    for attrs in dropped.extra["attributes"]:
+        assert all(v is None for v in attrs.text.values())
+        assert all(not bool(c.mask.any()) and not bool(c.tensor.any()) for c in attrs.tensor.values())
+    _, metrics = task.module(dropped)
+    assert float(metrics["text_loss"]) == 0.0 and float(metrics["audio_loss"]) > 0
+    evaluation = task.make_batch(items, train=False)
+    assert "inputs" not in evaluation.extra and float(evaluation.text_weight.sum()) > 0
+    assert all(bool(c.mask.any()) for a in evaluation.extra["attributes"] for c in a.tensor.values())
+
+    raw = tts_config_dict(assets, tmp_path / "half", tts={"condition_dropout": 0.5})
+    task = build_task(cfg_of(raw, "tts", tmp_path), DistInfo())
+    items = task.train_items[:4] * 10
+    drops = ["inputs" in task.make_batch([item], train=True).extra for item in items]
+    assert 5 <= sum(drops) <= 35
+
+
+def test_tts_code_noise_touches_only_the_audio_history(assets, tmp_path):
+    """[tts].code_noise: about that fraction of the real audio codes the temporal transformer reads are
+    random; the text, the -1 entries and the targets (batch.codes) stay; evaluation is clean."""
+    from dsm.train.loop import DistInfo
+    from dsm.train.run import build_task
+
+    raw = tts_config_dict(assets, tmp_path / "run", tts={"code_noise": 0.3, "condition_dropout": 0.0})
+    task = build_task(cfg_of(raw, "tts", tmp_path), DistInfo())
+    items = task.train_items[:4]
+    clean = task.make_batch(items, train=False)
+    noisy = task.make_batch(items, train=True)
+    assert "inputs" not in clean.extra and torch.equal(noisy.codes, clean.codes)
+    inputs = noisy.extra["inputs"]
+    assert torch.equal(inputs[:, 0], clean.codes[:, 0])
+    real = clean.codes[:, 1:] >= 0
+    assert torch.equal(inputs[:, 1:][~real], clean.codes[:, 1:][~real])
+    changed = float((inputs[:, 1:][real] != clean.codes[:, 1:][real]).float().mean())
+    assert 0.2 < changed < 0.4
+    _, metrics = task.module(noisy)
+    assert float(metrics["audio_loss"]) > 0
+    with pytest.raises(InputError, match="code_noise"):
+        cfg_of(tts_config_dict(assets, tmp_path / "bad", tts={"code_noise": 1.0}), "tts", tmp_path)

@@ -225,8 +225,14 @@ class LMModel(nn.Module):
         codes: torch.Tensor,
         sum_condition: torch.Tensor | None = None,
         cross_src: torch.Tensor | None = None,
+        inputs: torch.Tensor | None = None,
     ) -> LMOutput:
-        """Teacher-forced logits for codes [B, K, T] (the reference's `LMModel.forward`)."""
+        """Teacher-forced logits for codes [B, K, T] (the reference's `LMModel.forward`).
+
+        `inputs` [B, K, T]: what the temporal transformer reads instead of `codes` (training only; the
+        depformer and the logits' alignment still follow `codes`), e.g. a CFG null item's withheld text
+        (its text row -1: generation's null branch with `cfg_is_no_text` still gives the depformer the
+        step's text token) or noised audio history."""
         cfg = self.cfg
         B, K, T = codes.shape
         if K != cfg.num_codebooks:
@@ -234,8 +240,13 @@ class LMModel(nn.Module):
         initial = self.initial_tokens().expand(B, -1, -1)
         delayed = delay_streams(codes, cfg.delays, initial)
         delayed = torch.cat([initial, delayed], dim=2)
+        fed = delayed
+        if inputs is not None:
+            if inputs.shape != codes.shape:
+                raise ValueError(f"inputs must have the shape of codes {list(codes.shape)}")
+            fed = torch.cat([initial, delay_streams(inputs, cfg.delays, initial)], dim=2)
         hidden, text_logits = self.forward_text(
-            delayed[:, :, :-1], sum_condition=sum_condition, cross_src=cross_src
+            fed[:, :, :-1], sum_condition=sum_condition, cross_src=cross_src
         )
         logits = mask = None
         if cfg.dep_q > 0:

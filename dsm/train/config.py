@@ -107,7 +107,11 @@ class TtsTrainConfig:
     second_stream_ahead: int | None = None
     pad_weight: float = 0.5
     first_codebook_weight: float = 100.0
-    condition_dropout: float = 0.0  # probability of dropping every condition (classifier-free guidance)
+    # probability of an item being CFG's null branch: every condition and the text dropped
+    condition_dropout: float = 0.0
+    # probability that an audio code of the history the temporal transformer reads is replaced by a random
+    # one (the targets stay): the model has to lean on the text rather than continue the audio (0 = off)
+    code_noise: float = 0.0
     voice_seconds: float = 10.0
     voice_mimi: str = ""  # Mimi weights for voice latents (default: the codes' Mimi)
     # voice clips of a speaker come from its first N training utterances (0 = all): bounds the voice latents
@@ -268,6 +272,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.optim.warmup_steps >= 0, "[optim].warmup_steps must be >= 0"),
         (0 <= cfg.tts.condition_dropout <= 1, "[tts].condition_dropout must lie in [0, 1]"),
         (0 <= cfg.stt.code_noise < 1, "[stt].code_noise must lie in [0, 1)"),
+        (0 <= cfg.tts.code_noise < 1, "[tts].code_noise must lie in [0, 1)"),
         (cfg.tts.voice_pool >= 0, "[tts].voice_pool must be >= 0"),
         (cfg.lora.rank >= 1, "[lora].rank must be >= 1"),
         (cfg.model.export_dtype in ("bfloat16", "float32"), "[model].export_dtype: bfloat16 or float32"),

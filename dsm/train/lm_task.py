@@ -174,7 +174,7 @@ class LMTrainModule(nn.Module):
     def forward(self, batch: LMBatch):
         ctx = parametrize.cached() if has_lora(self.lm) else contextlib.nullcontext()
         with ctx:
-            out = self.lm(batch.codes, **self.conditions(batch))
+            out = self.lm(batch.codes, **self.conditions(batch), inputs=batch.extra.get("inputs"))
         loss = lm_loss(out, batch, self.first_codebook_weight)
         metrics = {"text_loss": loss.text.detach()}
         if loss.audio is not None:

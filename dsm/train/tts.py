@@ -10,10 +10,12 @@ Voice conditioning: the unquantized Mimi latent of the first ``voice_seconds`` o
 same speaker (drawn at random each time, from its first ``voice_pool`` training utterances when that is set;
 the utterance itself when it is the speaker's only one), zero-padded
 to that length, in slot 0 of ``max_speakers`` slots (model-spec §5.4); LUT conditions take the values of
-``[tts].text_conditions`` (absent ones are None). With ``condition_dropout`` every condition of an item is
-dropped with that probability (classifier-free guidance training). Loss: text cross-entropy (padding
-weighted by ``pad_weight``) + audio cross-entropy over the generated codebooks (codebook 0 weighted by
-``first_codebook_weight``).
+``[tts].text_conditions`` (absent ones are None). With ``condition_dropout`` an item is, with that
+probability, the null branch of classifier-free guidance as generation builds it for models without
+distilled CFG (``cfg_is_no_text``): every condition dropped and no text into the temporal transformer.
+Loss: text cross-entropy (padding weighted by ``pad_weight``) + audio cross-entropy over the generated
+codebooks (codebook 0 weighted by ``first_codebook_weight``). ``code_noise`` replaces that fraction of the
+audio history the temporal transformer reads by random codes, so that the model leans on the text.
 """
 
 from __future__ import annotations
@@ -27,10 +29,20 @@ import torch
 from dsm.codec import MimiConfig, load_mimi
 from dsm.errors import InputError
 from dsm.lm.conditioners import ConditionAttributes, LUTConditioner, TensorCondition, TensorConditioner
+from dsm.lm.model import ZERO_TOKEN
 from dsm.train.codes_cache import CodesCache
 from dsm.train.dataset import LMItem
 from dsm.train.lm_task import LMTask
-from dsm.train.streams import MAIN_SPEAKER, AlignedWord, LMExample, delay_frames, tts_example
+from dsm.train.streams import (
+    MAIN_SPEAKER,
+    AlignedWord,
+    LMBatch,
+    LMExample,
+    collate,
+    delay_frames,
+    noisy_audio,
+    tts_example,
+)
 
 DEFAULT_AUDIO_DELAY = 1.28
 DEFAULT_MAX_SPEAKERS = 5
@@ -144,16 +156,36 @@ class TtsTask(LMTask):
             voice[:frames] = latent
             mask[:frames] = True
             tensor[name] = TensorCondition(voice[None].to(self.device), mask[None].to(self.device))
-        attrs = ConditionAttributes(text=text, tensor=tensor)
-        dropout = self.cfg.tts.condition_dropout
-        if train and dropout > 0 and float(torch.rand((), generator=self.gen)) < dropout:
-            attrs = attrs.null()
-        return attrs
+        return ConditionAttributes(text=text, tensor=tensor)
 
-    def batch_extra(self, items: list[LMItem], train: bool) -> dict:
-        if self.lm.condition_provider is None:
-            return {}
-        return {"attributes": [self._attributes(item, train) for item in items]}
+    def make_batch(self, items: list[LMItem], train: bool) -> LMBatch:
+        """Collated examples. In training, each item is, with probability ``condition_dropout``, the null
+        branch of classifier-free guidance as generation builds it (`cfg_is_no_text`): every condition
+        null, no text into the temporal transformer (the depformer still sees each step's text token, as
+        in generation) and no text loss; and ``code_noise`` replaces that fraction of the audio history the
+        temporal transformer reads by random codes (the targets stay). Both go in ``extra["inputs"]``."""
+        examples = [self.example(item) for item in items]
+        attributes = [self._attributes(item, train) for item in items] if self.lm.condition_provider else None
+        t = self.cfg.tts
+        dropped = []
+        for i, example in enumerate(examples):
+            if (
+                train
+                and t.condition_dropout > 0
+                and float(torch.rand((), generator=self.gen)) < t.condition_dropout
+            ):
+                dropped.append(i)
+                example.text_weight.zero_()
+                if attributes is not None:
+                    attributes[i] = attributes[i].null()
+        batch = collate(examples, {} if attributes is None else {"attributes": attributes}).to(self.device)
+        if dropped or (train and t.code_noise > 0):
+            inputs = batch.codes.clone()
+            inputs[dropped, 0] = ZERO_TOKEN
+            if train and t.code_noise > 0:
+                inputs = noisy_audio(inputs, t.code_noise, self.lm.cfg.card, self.gen)
+            batch.extra["inputs"] = inputs
+        return batch
 
     def freeze_unused(self) -> None:
         super().freeze_unused()
