@@ -230,10 +230,6 @@ class LMTask(TrainTask):
     def example(self, item: LMItem) -> LMExample:
         raise NotImplementedError
 
-    def batch_extra(self, items: list[LMItem], train: bool) -> dict:
-        del items, train
-        return {}
-
     def export_updates(self) -> dict[str, Any]:
         return {}
 
@@ -285,8 +281,9 @@ class LMTask(TrainTask):
         return self.lm.cfg.n_q
 
     def make_batch(self, items: list[LMItem], train: bool) -> LMBatch:
-        batch = collate([self.example(item) for item in items], self.batch_extra(items, train))
-        return batch.to(self.device)
+        """Collated examples of `items` on the task's device (subclasses add training-time changes)."""
+        del train
+        return collate([self.example(item) for item in items]).to(self.device)
 
     def next_batch(self) -> LMBatch:
         return self.make_batch([self.train_items[i] for i in self.order.next()], train=True)

@@ -166,24 +166,21 @@ class TtsTask(LMTask):
         temporal transformer reads by random codes (the targets stay). Both go in ``extra["inputs"]``."""
         examples = [self.example(item) for item in items]
         attributes = [self._attributes(item, train) for item in items] if self.lm.condition_provider else None
-        t = self.cfg.tts
+        dropout = self.cfg.tts.condition_dropout if train else 0.0
+        noise = self.cfg.tts.code_noise if train else 0.0
         dropped = []
         for i, example in enumerate(examples):
-            if (
-                train
-                and t.condition_dropout > 0
-                and float(torch.rand((), generator=self.gen)) < t.condition_dropout
-            ):
+            if dropout > 0 and float(torch.rand((), generator=self.gen)) < dropout:
                 dropped.append(i)
                 example.text_weight.zero_()
                 if attributes is not None:
                     attributes[i] = attributes[i].null()
         batch = collate(examples, {} if attributes is None else {"attributes": attributes}).to(self.device)
-        if dropped or (train and t.code_noise > 0):
+        if dropped or noise > 0:
             inputs = batch.codes.clone()
             inputs[dropped, 0] = ZERO_TOKEN
-            if train and t.code_noise > 0:
-                inputs = noisy_audio(inputs, t.code_noise, self.lm.cfg.card, self.gen)
+            if noise > 0:
+                inputs = noisy_audio(inputs, noise, self.lm.cfg.card, self.gen)
             batch.extra["inputs"] = inputs
         return batch
 
