@@ -2,13 +2,14 @@
 
     python benchmarks/bundled_eval.py stt MANIFEST [--split test] [--per-speaker 40] [--model DIR]
     python benchmarks/bundled_eval.py tts MANIFEST [--split test] [--sentences 30] [--out DIR]
-    python benchmarks/bundled_eval.py real [--clips DIR]
+        [--model DIR] [--mimi-weight FILE] [--n-q N] [--cfg-coef C] [--temperature T]
+    python benchmarks/bundled_eval.py real [--clips DIR] [--model DIR]
 
 - ``stt``: the bundled STT on held-out utterances of an aligned manifest, corpus WER per speaker (dsm's
   English normaliser) and, on utterances transcribed without error, the mean and worst word-start error
   against the manifest's word times.
-- ``tts``: the bundled TTS speaks held-out sentences with each shipped voice; Whisper tiny.en (the judge of
-  benchmarks/judge.py) and the bundled STT transcribe the audio back; WER per voice.
+- ``tts``: the bundled TTS (or ``--model``) speaks held-out sentences with each of its voices; Whisper
+  tiny.en (the judge of benchmarks/judge.py) and the bundled STT transcribe the audio back; WER per voice.
 - ``real``: real human speech (the clips shipped in the PyPI package ``moonshine-voice``); having no
   reference transcripts offline, Whisper tiny.en's transcript stands in as the reference.
 
@@ -113,8 +114,8 @@ def eval_tts(
     return out
 
 
-def eval_real(clips: list[Path]) -> dict[str, Any]:
-    stt = Transcriber.from_checkpoint()
+def eval_real(clips: list[Path], model: str | None = None) -> dict[str, Any]:
+    stt = Transcriber.from_checkpoint(model)
     judge = load_judge()
     out: dict[str, Any] = {"clips": {}}
     refs, hyps = [], []
@@ -155,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--cfg-coef", type=float, default=None, help="guidance strength (default: the model's)")
     t.add_argument("--temperature", type=float, default=None)
+    t.add_argument("--n-q", type=int, default=None, help="codebooks generated and decoded (default: all)")
+    t.add_argument("--model", default=None, help="TTS model directory or repo (default: the bundled one)")
+    t.add_argument("--mimi-weight", default=None, help="decode with this codec instead of the model's")
     r = sub.add_parser("real")
     r.add_argument("--clips", type=Path, nargs="*", default=None)
+    r.add_argument("--model", default=None, help="STT model directory or repo (default: the bundled one)")
     for p in (s, t, r):
         p.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -167,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:>24}: WER {r_['wer_percent']:6.2f} % ({r_['errors']} / {r_['words']} words)")
         print("word start error:", res.get("word_start_error_s"), "RTF", res["real_time_factor"])
     elif args.cmd == "tts":
-        options = {"cfg_coef": args.cfg_coef, "temperature": args.temperature}
+        options = {
+            "cfg_coef": args.cfg_coef,
+            "temperature": args.temperature,
+            "n_q": args.n_q,
+            "hf_repo": args.model,
+            "mimi_weight": args.mimi_weight,
+        }
         options = {k: v for k, v in options.items() if v is not None}
         res = eval_tts(args.manifest, args.split, args.sentences, args.out, args.seed, **options)
         for voice, r_ in res["voices"].items():
@@ -177,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"bundled STT WER {h['wer_percent']:6.2f} %, RTF {r_['real_time_factor']}"
             )
     else:
-        res = eval_real(args.clips or moonshine_clips())
+        res = eval_real(args.clips or moonshine_clips(), args.model)
         for name, r_ in res["clips"].items():
             print(f"{name:>24} ({r_['seconds']} s): WER vs Whisper {r_['wer_percent']:6.2f} %")
             print(f"{'':>24} whisper: {r_['whisper'][:100]}\n{'':>24} dsm:     {r_['stt'][:100]}")

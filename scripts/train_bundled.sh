@@ -26,10 +26,16 @@ SENTENCES=${SENTENCES:-1500}
 EXTRA_SENTENCES=${EXTRA_SENTENCES:-12000}   # STT only: more text variety (espeak-ng, all of them)
 PIPER_EXTRA=${PIPER_EXTRA:-800}             # STT and TTS: how many of those Piper speaks too
 PIPER_RATES=${PIPER_RATES:-3000}            # and how many of the next ones, at 150, 175 or 200 wpm
+VARIETY_SENTENCES=${VARIETY_SENTENCES:-10000}  # STT only: new sentences in 24 more espeak-ng voices
 # espeak-ng voices: six for training, two (TEST_VOICES) held out entirely for the test split
 TRAIN_VOICES=en-us,en-us+f3,en-us+m2,en-us+m3,en-us+f2,en-us+m1
 TEST_VOICES=en-us+f4,en-us+m4
 ESPEAK_VOICES=$TRAIN_VOICES,$TEST_VOICES
+# STT only: 24 more espeak-ng variants (those Whisper tiny.en understands best of the 44 tried; none is
+# a held-out voice), at wider rates and pitches: more varied speech against the STT's memorising
+VARIETY_VOICES=$(printf "en-us+%s," rob victor m6 benjamin john m7 quincy m5 ed Gene adam iven f1 \
+    grandpa steph edward m8 caleb f5 klatt3 max paul Mike klatt)
+VARIETY_VOICES=${VARIETY_VOICES%,}
 mkdir -p "$DATA" "$RUNS"
 
 train() {  # train STAGE [KIND]: run (or continue) one trainer, logging to runs/bundled/STAGE.log
@@ -69,8 +75,17 @@ corpus)
         --rates 150,175,200 --combos 1 --seed 3 --workers 2 --overwrite
     python scripts/bundled_data.py merge "$DATA/tts_train.jsonl" "$DATA/all.jsonl" \
         "$DATA/espeak_extra/manifest.jsonl" "$DATA/piper_extra/manifest.jsonl" --default-split train
+    # VARIETY_SENTENCES sentences new to all of the above, one random voice/rate/pitch each of the
+    # VARIETY_VOICES
     python scripts/bundled_data.py merge "$DATA/stt_train.jsonl" "$DATA/tts_train.jsonl" \
         "$DATA/piper_rates/manifest.jsonl" --default-split train
+    python scripts/bundled_data.py extra-text "$DATA/stt_train.jsonl" "$DATA/extra_sentences_variety.txt" \
+        --count "$VARIETY_SENTENCES" --seed 4
+    dsm data synth --out "$DATA/espeak_variety" --text "$DATA/extra_sentences_variety.txt" \
+        --voices "$VARIETY_VOICES" --rates 130,150,175,200,220 --pitches 30,40,50,60,70 --combos 1 --seed 4 \
+        --workers 2 --overwrite
+    python scripts/bundled_data.py merge "$DATA/stt_train.jsonl" "$DATA/tts_train.jsonl" \
+        "$DATA/piper_rates/manifest.jsonl" "$DATA/espeak_variety/manifest.jsonl" --default-split train
     ;;
 codec)
     train codec
