@@ -1,7 +1,7 @@
 """Corpus helpers of the bundled-model recipe (scripts/train_bundled.sh).
 
     python scripts/bundled_data.py merge OUT.jsonl IN1.jsonl IN2.jsonl ... [--default-split train]
-    python scripts/bundled_data.py extra-text MANIFEST OUT.txt [--count 6000] [--seed 2]
+    python scripts/bundled_data.py extra-text MANIFEST [MANIFEST...] OUT.txt [--count 6000] [--seed 2]
     python scripts/bundled_data.py tokenizer MANIFEST OUT.model [--vocab 1000]
     python scripts/bundled_data.py ship-codec EXPORT_DIR              # -> dsm/models/codec
     python scripts/bundled_data.py ship-lm {stt,tts} EXPORT_DIR [--voice NAME=AUDIO ...]  # -> dsm/models/KIND
@@ -71,11 +71,11 @@ def train_tokenizer(manifest: Path, out: Path, vocab: int, split: str = "train")
     return spm.SentencePieceProcessor(model_file=str(out)).vocab_size()
 
 
-def extra_text(manifest: Path, out: Path, count: int, seed: int) -> int:
-    """Write `count` new generated sentences (none of them in `manifest`, held-out ones included)."""
+def extra_text(manifests: list[Path], out: Path, count: int, seed: int) -> int:
+    """Write `count` new generated sentences (none of them in any of `manifests`, held-out ones included)."""
     from dsm.train.data.text import generate_sentences
 
-    known = {u.text.strip() for u in read_manifest(manifest)}
+    known = {u.text.strip() for manifest in manifests for u in read_manifest(manifest)}
     new = [t for t in generate_sentences("en", count + len(known), seed=seed) if t.strip() not in known]
     out.write_text("\n".join(new[:count]) + "\n")
     return min(count, len(new))
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("manifest", type=Path)
     t.add_argument("out", type=Path)
     t.add_argument("--vocab", type=int, default=1000)
-    x = sub.add_parser("extra-text", help="new sentences, none of them in the manifest")
-    x.add_argument("manifest", type=Path)
+    x = sub.add_parser("extra-text", help="new sentences, none of them in the manifests")
+    x.add_argument("manifests", type=Path, nargs="+")
     x.add_argument("out", type=Path)
     x.add_argument("--count", type=int, default=6000)
     x.add_argument("--seed", type=int, default=2)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "tokenizer":
         print(f"{train_tokenizer(args.manifest, args.out, args.vocab)} pieces -> {args.out}")
     elif args.cmd == "extra-text":
-        print(f"{extra_text(args.manifest, args.out, args.count, args.seed)} sentences -> {args.out}")
+        print(f"{extra_text(args.manifests, args.out, args.count, args.seed)} sentences -> {args.out}")
     elif args.cmd == "ship-codec":
         ship_codec(args.export, args.out or ROOT / "codec")
     else:

@@ -77,10 +77,8 @@ corpus)
         "$DATA/espeak_extra/manifest.jsonl" "$DATA/piper_extra/manifest.jsonl" --default-split train
     # VARIETY_SENTENCES sentences new to all of the above, one random voice/rate/pitch each of the
     # VARIETY_VOICES
-    python scripts/bundled_data.py merge "$DATA/stt_train.jsonl" "$DATA/tts_train.jsonl" \
-        "$DATA/piper_rates/manifest.jsonl" --default-split train
-    python scripts/bundled_data.py extra-text "$DATA/stt_train.jsonl" "$DATA/extra_sentences_variety.txt" \
-        --count "$VARIETY_SENTENCES" --seed 4
+    python scripts/bundled_data.py extra-text "$DATA/tts_train.jsonl" "$DATA/piper_rates/manifest.jsonl" \
+        "$DATA/extra_sentences_variety.txt" --count "$VARIETY_SENTENCES" --seed 4
     dsm data synth --out "$DATA/espeak_variety" --text "$DATA/extra_sentences_variety.txt" \
         --voices "$VARIETY_VOICES" --rates 130,150,175,200,220 --pitches 30,40,50,60,70 --combos 1 --seed 4 \
         --workers 2 --overwrite
