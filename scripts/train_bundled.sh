@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 DATA=data/bundled
 RUNS=runs/bundled
 SENTENCES=${SENTENCES:-1500}
-EXTRA_SENTENCES=${EXTRA_SENTENCES:-12000}   # STT only: more text variety (espeak-ng, all of them)
+EXTRA_SENTENCES=${EXTRA_SENTENCES:-9000}    # STT only: more text variety (espeak-ng, all of them)
 PIPER_EXTRA=${PIPER_EXTRA:-800}             # STT and TTS: how many of those Piper speaks too
 PIPER_RATES=${PIPER_RATES:-3000}            # and how many of the next ones, at 150, 175 or 200 wpm
 VARIETY_SENTENCES=${VARIETY_SENTENCES:-10000}  # STT only: new sentences in 24 more espeak-ng voices
