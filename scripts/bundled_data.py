@@ -81,6 +81,17 @@ def extra_text(manifests: list[Path], out: Path, count: int, seed: int) -> int:
     return min(count, len(new))
 
 
+def held_out_text(manifest: Path, out: Path) -> int:
+    """Write the held-out sentences: test-split texts that no other split of `manifest` has (in order)."""
+    utts = read_manifest(manifest)
+    heard = {u.text.strip() for u in utts if u.split != "test"}
+    new = list(
+        dict.fromkeys(u.text.strip() for u in utts if u.split == "test" and u.text.strip() not in heard)
+    )
+    out.write_text("\n".join(new) + "\n")
+    return len(new)
+
+
 def ship_codec(export: Path, out: Path) -> None:
     from safetensors.torch import load_file, save_file
 
@@ -157,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("out", type=Path)
     x.add_argument("--count", type=int, default=6000)
     x.add_argument("--seed", type=int, default=2)
+    h = sub.add_parser("held-out-text", help="the test split's sentences no other split has")
+    h.add_argument("manifest", type=Path)
+    h.add_argument("out", type=Path)
     c = sub.add_parser("ship-codec", help="write the trained codec into the package")
     c.add_argument("export", type=Path)
     c.add_argument("--out", type=Path, default=None, help="default: dsm/models/codec")
@@ -184,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{train_tokenizer(args.manifest, args.out, args.vocab)} pieces -> {args.out}")
     elif args.cmd == "extra-text":
         print(f"{extra_text(args.manifests, args.out, args.count, args.seed)} sentences -> {args.out}")
+    elif args.cmd == "held-out-text":
+        print(f"{held_out_text(args.manifest, args.out)} sentences -> {args.out}")
     elif args.cmd == "ship-codec":
         ship_codec(args.export, args.out or ROOT / "codec")
     else:

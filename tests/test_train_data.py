@@ -14,8 +14,8 @@ from dsm.audio import audio_info, read_audio, write_audio
 from dsm.cli import main
 from dsm.errors import DsmError, InputError
 from dsm.train.data import augment as aug
-from dsm.train.data import espeak, piper
-from dsm.train.data.align import Phone, split_group
+from dsm.train.data import espeak, festival, flite, piper
+from dsm.train.data.align import Phone, is_spoken, split_group
 from dsm.train.data.importers import import_corpus
 from dsm.train.data.manifest import Utterance, WordTiming, read_manifest, write_manifest
 from dsm.train.data.numbers import (
@@ -29,6 +29,8 @@ from dsm.train.data.splits import sentence_key, split_both, split_by_sentence, s
 from dsm.train.data.text import generate_sentences, read_sentences
 
 needs_espeak = pytest.mark.skipif(not espeak.available(), reason="libespeak-ng not installed")
+needs_flite = pytest.mark.skipif(not flite.available(), reason="libflite not installed")
+needs_festival = pytest.mark.skipif(not festival.available(), reason="festival or its voices not installed")
 
 
 def words(*triples: tuple[str, float, float]) -> list[WordTiming]:
@@ -48,16 +50,17 @@ def energy_onset(audio: np.ndarray, sr: int, after: float = 0.0) -> float:
     return (i + int(np.argmax(active[i:]))) * hop / sr
 
 
-def check_timings(speech, text_words: list[str]) -> None:
+def check_timings(speech, text_words: list[str], tail: float = 0.3) -> None:
     """Word times: one per word of the text, sorted, non-overlapping, non-empty for spoken words, inside
-    the audio, and covering it (first word near the start, last near the end)."""
+    the audio, and covering it (first word near the start, last within `tail` s of the end)."""
     assert [w.word for w in speech.words] == text_words
     prev = 0.0
     for w in speech.words:
-        assert prev - 1e-9 <= w.start < w.end <= speech.duration + 1e-9, w
+        assert prev - 1e-9 <= w.start <= w.end <= speech.duration + 1e-9, w
+        assert w.start < w.end or not is_spoken(w.word), w
         prev = w.end
     assert speech.words[0].start < 0.3
-    assert speech.duration - speech.words[-1].end < 0.3
+    assert speech.duration - speech.words[-1].end < tail
 
 
 # -- manifest -------------------------------------------------------------------------------------------
@@ -283,6 +286,136 @@ def test_espeak_voices_rates_and_errors():
     with pytest.raises(InputError, match="nothing to say"):
         espeak.synthesize(" -- ", "en-us")
     assert {"f3", "m2"} <= set(espeak.variants())
+
+
+# -- aligned synthesis: Flite ---------------------------------------------------------------------------
+
+
+ENGINE_VOICES = [(flite, name) for name in flite.VOICES] + [(festival, name) for name in festival.VOICES]
+
+
+@pytest.mark.parametrize(
+    ("engine", "name"), ENGINE_VOICES, ids=[f"{e.__name__.rsplit('.')[-1]}:{n}" for e, n in ENGINE_VOICES]
+)
+def test_flite_and_festival_alignment(engine, name):
+    if not engine.available():
+        pytest.skip(f"{engine.__name__} not installed")
+    speech = engine.synthesize('The cat sat on the "mat". Then 3 dogs ran home -- quickly!', name)
+    kind = engine.__name__.rsplit(".")[-1]
+    assert speech.sample_rate == (32000 if (kind, name) == ("festival", "slt") else 16000)
+    assert speech.speaker == f"{kind}:{name}" and speech.info["engine"] == kind
+    assert speech.text == 'The cat sat on the "mat". Then three dogs ran home -- quickly!'
+    check_timings(speech, speech.text.split(), tail=0.5)  # Festival's diphone voices end on a 0.43 s pause
+    end = round(speech.words[-1].end * speech.sample_rate)
+    assert np.abs(speech.audio[end:]).max() < 0.1 * np.abs(speech.audio).max()  # quiet after the end
+    by_word = {w.word: w for w in speech.words}
+    assert by_word["--"].start == by_word["--"].end == by_word["home"].end  # nothing spoken
+    assert abs(energy_onset(speech.audio, speech.sample_rate) - speech.words[0].start) < 0.1
+    pause_end = by_word['"mat".'].end
+    assert by_word["Then"].start - pause_end > 0.05  # the sentence pause lies between the words
+    assert abs(energy_onset(speech.audio, speech.sample_rate, pause_end) - by_word["Then"].start) < 0.1
+
+
+@needs_flite
+def test_flite_hyphenated_token_is_one_word():
+    speech = flite.synthesize("At 9:45 the forty-five boats left.", "slt")
+    check_timings(speech, ["At", "nine", "forty-five", "the", "forty-five", "boats", "left."])
+    lib = flite._library()
+    with lib.lock:
+        _, sr, num_tokens, phones = lib.synth(speech.text, flite.FliteVoice("slt"))
+    assert num_tokens == 7
+    # "forty-five" (token 2) is said as two of Flite's words: its span covers the phones of both
+    ends = [end for token, end in phones if token == 2]
+    assert len(ends) >= 7 and speech.words[2].end == pytest.approx(ends[-1], abs=1 / sr)
+
+
+@needs_flite
+def test_flite_rate_pitch_and_errors():
+    text = "Seven silver swans swam silently seaward."
+    slow = flite.synthesize(text, flite.FliteVoice("rms", rate=120))
+    fast = flite.synthesize(text, flite.FliteVoice("rms", rate=260))
+    assert fast.duration < 0.7 * slow.duration
+    check_timings(slow, text.split())
+    low = flite.synthesize(text, flite.FliteVoice("slt", pitch=20))
+    high = flite.synthesize(text, flite.FliteVoice("slt", pitch=80))
+    assert pitch_of(high) > 1.2 * pitch_of(low)
+    with pytest.raises(InputError, match="no voice 'nobody'"):
+        flite.synthesize(text, "nobody")
+    with pytest.raises(InputError, match="rate must be an integer in 80..450"):
+        flite.synthesize(text, flite.FliteVoice("rms", rate=20))
+    with pytest.raises(InputError, match="nothing to say"):
+        flite.synthesize(" -- ", "rms")
+
+
+def pitch_of(speech) -> float:
+    """Median fundamental frequency (Hz) of the loud 64 ms frames, by autocorrelation (60-400 Hz)."""
+    sr, n = speech.sample_rate, int(0.064 * speech.sample_rate)
+    peak = np.abs(speech.audio).max()
+    f0 = []
+    for i in range(0, len(speech.audio) - n, n // 2):
+        frame = speech.audio[i : i + n]
+        if np.abs(frame).max() < 0.3 * peak:
+            continue
+        ac = np.correlate(frame, frame, "full")[n - 1 :]
+        lo, hi = sr // 400, sr // 60
+        f0.append(sr / (lo + int(np.argmax(ac[lo:hi]))))
+    return float(np.median(f0))
+
+
+@needs_flite
+def test_cli_synth_flite(tmp_path, capsys):
+    out = tmp_path / "corpus"
+    argv = ["data", "synth", "--out", str(out), "--sentences", "2", "--voices", "flite:slt,flite:kal16"]
+    assert main([*argv, "--rates", "150,210", "--pitches", "40", "--seed", "1"]) == 0
+    assert "8 utterances" in capsys.readouterr().out
+    utts = read_manifest(out / "manifest.jsonl", require_words=True)
+    assert {u.speaker for u in utts} == {"flite:slt", "flite:kal16"}
+    assert {(u.extra["engine"], u.extra["rate"], u.extra["pitch"]) for u in utts} == {
+        ("flite", 150, 40),
+        ("flite", 210, 40),
+    }
+    for u in utts:
+        assert audio_info(u.audio_path(out)).sample_rate == 24000
+        assert abs(energy_onset(read_audio(u.audio_path(out)), 24000) - u.words[0].start) < 0.1
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--voices", "flite:nobody", "-q"]) == 2
+    assert "no voice 'nobody'" in capsys.readouterr().err
+
+
+# -- aligned synthesis: Festival ------------------------------------------------------------------------
+
+
+@needs_festival
+def test_festival_rate_errors_and_recovery():
+    text = "Seven silver swans swam silently seaward."
+    slow = festival.synthesize(text, festival.FestivalVoice("kal", rate=120))
+    fast = festival.synthesize(text, festival.FestivalVoice("kal", rate=260))
+    assert fast.duration < 0.7 * slow.duration
+    with pytest.raises(InputError, match="no voice 'nobody'"):
+        festival.synthesize(text, "nobody")
+    with pytest.raises(InputError, match="rate must be an integer in 80..450"):
+        festival.synthesize(text, festival.FestivalVoice("slt", rate=20))
+    with pytest.raises(InputError, match="nothing to say"):
+        festival.synthesize(" -- ", "slt")
+    # a failing Scheme call is reported, and the same festival process goes on working
+    proc = festival._process()
+    with proc.lock, pytest.raises(DsmError, match="festival failed"):
+        proc._call("(no_such_function 1)", "testing")
+    again = festival.synthesize(text, festival.FestivalVoice("kal", rate=120))
+    assert festival._process() is proc and again.duration == pytest.approx(slow.duration, abs=1e-3)
+
+
+@needs_festival
+def test_cli_synth_festival(tmp_path, capsys):
+    out = tmp_path / "corpus"
+    argv = ["data", "synth", "--out", str(out), "--sentences", "2", "--voices", "festival:slt,festival:ked"]
+    assert main([*argv, "--rates", "160", "--seed", "1"]) == 0
+    assert "4 utterances" in capsys.readouterr().out
+    utts = read_manifest(out / "manifest.jsonl", require_words=True)
+    assert {u.speaker for u in utts} == {"festival:slt", "festival:ked"}
+    assert {(u.extra["engine"], u.extra["rate"]) for u in utts} == {("festival", 160)}
+    for u in utts:
+        assert audio_info(u.audio_path(out)).sample_rate == 24000
+        assert abs(energy_onset(read_audio(u.audio_path(out)), 24000) - u.words[0].start) < 0.1
 
 
 # -- aligned synthesis: Piper ---------------------------------------------------------------------------

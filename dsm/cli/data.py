@@ -248,13 +248,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_voices(args: argparse.Namespace) -> int:
     """`dsm data voices`: the voices `dsm data synth` can use."""
-    from dsm.train.data import espeak, piper
+    from dsm.train.data import espeak, festival, flite, piper
 
     if espeak.available():
         print("espeak-ng voices: en-us, en, en-gb-scotland, en-gb-x-rp, en-029, en-us-nyc, fr, fr-be, fr-ch")
         print("espeak-ng variants (append as VOICE+VARIANT, e.g. en-us+f3): " + ", ".join(espeak.variants()))
     else:
         print("espeak-ng: not installed (apt-get install espeak-ng)")
+    if flite.available():
+        print("flite voices (English): " + ", ".join(f"flite:{name}" for name in flite.VOICES))
+    else:
+        print(f"flite: not installed ({flite.INSTALL_HINT})")
+    if festival.available():
+        print("festival voices (English): " + ", ".join(f"festival:{name}" for name in festival.VOICES))
+    else:
+        print(f"festival: not installed ({festival.INSTALL_HINT})")
     print(
         "piper: "
         + ("available (voice name: piper)" if piper.available() else f"not installed ({piper.INSTALL_HINT})")
@@ -279,7 +287,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         parser.set_defaults(func=func)
         return parser
 
-    synth = action("synth", cmd_synth, "generate aligned speech with espeak-ng (or Piper)")
+    synth = action("synth", cmd_synth, "generate aligned speech with espeak-ng (or Flite, Festival, Piper)")
     synth.add_argument(
         "--out", required=True, metavar="DIR", help="output directory (clips/ and manifest.jsonl)"
     )
@@ -294,7 +302,8 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         "--voices",
         type=_name_list,
         metavar="V1,V2",
-        help="espeak-ng voices (en-us, en-us+f3, fr+m2...) or piper; default: "
+        help="espeak-ng voices (en-us, en-us+f3, fr+m2...), flite:NAME (rms, slt, awb, kal16), "
+        "festival:NAME (slt, kal, ked) or piper; default: "
         + "; ".join(f"{k}: {v}" for k, v in DEFAULT_VOICES.items()),
     )
     synth.add_argument("--rates", type=_int_list, default=[175], metavar="R1,R2", help="words per minute")

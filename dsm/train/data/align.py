@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dsm.audio import resample
+from dsm.errors import InputError
 from dsm.train.data.manifest import WordTiming
+from dsm.train.data.numbers import LANGS, spell_numbers
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,22 @@ def tokens(text: str) -> list[str]:
 def is_spoken(token: str) -> bool:
     """Whether a token has anything to say (a letter or digit), unlike a lone dash or quote."""
     return any(ch.isalnum() for ch in token)
+
+
+def spoken_text(text: str, language: str) -> str:
+    """The text as a synthesiser says it and its transcript reads: whitespace collapsed, numbers written
+    out (in the languages `dsm.train.data.numbers` knows)."""
+    text = " ".join(text.split())
+    return spell_numbers(text, language) if language in LANGS else text
+
+
+def speakable(text: str, language: str) -> tuple[str, list[str]]:
+    """`spoken_text` and its words; InputError if no word has anything to say."""
+    spoken = spoken_text(text, language)
+    words = tokens(spoken)
+    if not any(is_spoken(w) for w in words):
+        raise InputError(f"nothing to say in {text!r}")
+    return spoken, words
 
 
 def split_group(phones: Sequence[Phone], counts: Sequence[int]) -> list[tuple[int, int]]:

@@ -1,9 +1,12 @@
-"""Generate an aligned speech corpus: sentences x voices x rates x pitches, spoken by espeak-ng or Piper,
+"""Generate an aligned speech corpus: sentences x voices x rates x pitches, spoken by espeak-ng, Flite,
+Festival or Piper,
 resampled (24 kHz by default, Mimi's rate), padded with a little silence, written as 16-bit WAV files
 under `OUT/clips/` with `OUT/manifest.jsonl`.
 
-Voices are espeak-ng names (`en-us`, `en-us+f3`, `fr+m2`) or `piper` (the default Piper voice) or
-`piper:PATH.onnx`. For Piper, a rate in words per minute maps to a speed of rate / 175.
+Voices are espeak-ng names (`en-us`, `en-us+f3`, `fr+m2`), `flite:NAME` (`flite:rms`, `flite:slt`,
+`flite:awb`, `flite:kal16`), `festival:NAME` (`festival:slt`, `festival:kal`, `festival:ked`), `piper`
+(the default Piper voice) or `piper:PATH.onnx`. For Piper, a rate in words per minute maps to a speed of
+rate / 175; Piper and Festival ignore the pitch.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 from dsm.audio import encode_audio
 from dsm.errors import InputError
-from dsm.train.data import espeak, piper
+from dsm.train.data import espeak, festival, flite, piper
 from dsm.train.data.align import AlignedSpeech
 from dsm.train.data.manifest import Utterance, write_manifest
 
@@ -47,6 +50,9 @@ class VoiceSpec:
             return cls("piper", "")
         if text.startswith("piper:"):
             return cls("piper", text[len("piper:") :])
+        for engine in ("flite", "festival"):
+            if text.startswith(engine + ":"):
+                return cls(engine, text[len(engine) + 1 :])
         if not text:
             raise InputError("empty voice name")
         return cls("espeak", text)
@@ -54,13 +60,16 @@ class VoiceSpec:
     @property
     def label(self) -> str:
         """The voice as given on the command line."""
-        return self.name if self.engine == "espeak" else f"piper:{self.name}" if self.name else "piper"
+        if self.engine == "espeak":
+            return self.name
+        return f"{self.engine}:{self.name}" if self.name else self.engine
 
     @property
     def language(self) -> str | None:
         if self.engine == "espeak":
             return espeak.EspeakVoice(self.name).language
-        return "en" if not self.name else None  # the default Piper voice speaks English
+        # Flite's and Festival's voices and the default Piper voice speak English
+        return "en" if self.engine in ("flite", "festival") or not self.name else None
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,10 @@ def check_voices(voices: Sequence[VoiceSpec], lang: str | None) -> None:
             )
         if voice.engine == "espeak":
             espeak.check_voice(espeak.EspeakVoice(voice.name))
+        elif voice.engine == "flite":
+            flite.check_voice(voice.name)
+        elif voice.engine == "festival":
+            festival.check_voice(voice.name)
         elif not voice.name and not piper.available():
             raise piper.PiperMissing(f"the 'piper' voice needs Piper: {piper.INSTALL_HINT}")
 
@@ -137,6 +150,10 @@ def speak(job: Job) -> AlignedSpeech:
     """Synthesise one job's sentence in its voice (native sample rate)."""
     if job.voice.engine == "espeak":
         return espeak.synthesize(job.text, espeak.EspeakVoice(job.voice.name, rate=job.rate, pitch=job.pitch))
+    if job.voice.engine == "flite":
+        return flite.synthesize(job.text, flite.FliteVoice(job.voice.name, rate=job.rate, pitch=job.pitch))
+    if job.voice.engine == "festival":
+        return festival.synthesize(job.text, festival.FestivalVoice(job.voice.name, rate=job.rate))
     voice = piper.PiperVoice(model=job.voice.name or None, speed=job.rate / DEFAULT_RATE)
     return piper.synthesize(job.text, voice)
 
@@ -151,8 +168,10 @@ def render(job: Job, sample_rate: int, root: str, pad: tuple[float, float] = PAD
     # Encoded in memory: soundfile's own file writer syncs each file to disk, which is slow.
     path.write_bytes(encode_audio(np.clip(speech.audio, -1.0, 1.0), sample_rate, "wav"))
     extra = {**speech.info, "sentence": job.sentence}
-    if job.voice.engine == "espeak":
+    if job.voice.engine in ("espeak", "flite"):
         extra.update(rate=job.rate, pitch=job.pitch)
+    elif job.voice.engine == "festival":
+        extra.update(rate=job.rate)
     return Utterance(
         audio=os.path.relpath(path, root),
         text=speech.text,

