@@ -167,11 +167,7 @@ def render(job: Job, sample_rate: int, root: str, pad: tuple[float, float] = PAD
     path.parent.mkdir(parents=True, exist_ok=True)
     # Encoded in memory: soundfile's own file writer syncs each file to disk, which is slow.
     path.write_bytes(encode_audio(np.clip(speech.audio, -1.0, 1.0), sample_rate, "wav"))
-    extra = {**speech.info, "sentence": job.sentence}
-    if job.voice.engine in ("espeak", "flite"):
-        extra.update(rate=job.rate, pitch=job.pitch)
-    elif job.voice.engine == "festival":
-        extra.update(rate=job.rate)
+    extra = {**speech.info, "sentence": job.sentence}  # espeak-ng, Flite, Festival: rate (and pitch)
     return Utterance(
         audio=os.path.relpath(path, root),
         text=speech.text,

@@ -54,8 +54,10 @@ _SCHEME = r"""
         (format t "\n")
         (set! tok (item.next tok))))
     (format t "END\n")))
-(define (dsm_voice name stretch)
+(define (dsm_voice name)
   (eval (list (intern (string-append "voice_" name))))
+  (format t "END\n"))
+(define (dsm_stretch stretch)
   (Parameter.set 'Duration_Stretch stretch)
   (format t "END\n"))
 """
@@ -102,7 +104,8 @@ class _Process:
         )
         self.lock = threading.Lock()
         self.tmp = tempfile.TemporaryDirectory(prefix="dsm-festival-")
-        self.voice: tuple[str, int] | None = None
+        self.voice: str | None = None  # the voice loaded, and the rate it speaks at
+        self.rate: int | None = None
         self._send(_SCHEME)
 
     def _send(self, scheme: str) -> None:
@@ -131,17 +134,18 @@ class _Process:
                 lines.append(line)
 
     def set_voice(self, voice: FestivalVoice) -> None:
-        if self.voice != (voice.name, voice.rate):
-            stretch = DEFAULT_RATE / voice.rate
+        """Load the voice unless it is loaded (the costly part), then set its rate unless it is set."""
+        if self.voice != voice.name:
             try:
-                self._call(
-                    f'(dsm_voice "{VOICES[voice.name]}" {stretch:.6f})', f"loading voice {voice.name!r}"
-                )
+                self._call(f'(dsm_voice "{VOICES[voice.name]}")', f"loading voice {voice.name!r}")
             except DsmError:
                 raise FestivalMissing(
                     f"Festival's voice {voice.name!r} is not installed ({INSTALL_HINT})"
                 ) from None
-            self.voice = (voice.name, voice.rate)
+            self.voice, self.rate = voice.name, None
+        if self.rate != voice.rate:
+            self._call(f"(dsm_stretch {DEFAULT_RATE / voice.rate:.6f})", f"setting the rate {voice.rate}")
+            self.rate = voice.rate
 
     def synth(self, text: str) -> tuple[np.ndarray, int, list[list[float]]]:
         """float32 samples, sample rate and each token's word (start, end) times, flattened."""
@@ -169,7 +173,7 @@ def available() -> bool:
     try:
         for name in VOICES:
             check_voice(name)
-    except (FestivalMissing, DsmError):
+    except DsmError:  # FestivalMissing, or festival failing to start
         return False
     return True
 

@@ -169,10 +169,8 @@ def _library() -> _Library:
 def available() -> bool:
     """Whether libflite and its English voices can be loaded."""
     try:
-        lib = _library()
-        with lib.lock:
-            for name in VOICES:
-                lib.voice(name)
+        for name in VOICES:
+            check_voice(name)
     except FliteMissing:
         return False
     return True
@@ -196,9 +194,11 @@ def synthesize(text: str, voice: FliteVoice | str = "rms") -> AlignedSpeech:
     lib = _library()
     with lib.lock:
         audio, sample_rate, num_tokens, phones = lib.synth(spoken, voice)
-    spans = _token_spans(phones, len(words), sample_rate)
-    if num_tokens != len(words) or spans is None or not any(spans):
+    if num_tokens != len(words):
         raise DsmError(f"Flite's tokens do not match the text's words: {spoken[:60]!r}")
+    spans = _token_spans(phones, num_tokens, sample_rate)
+    if not any(spans):
+        raise DsmError(f"Flite reported no spoken words for {spoken[:60]!r}")
     timings = finish_words(words, spans, sample_rate, len(audio))
     info = {"engine": "flite", "rate": voice.rate, "pitch": voice.pitch, "lang": "en"}
     return AlignedSpeech(
@@ -208,14 +208,12 @@ def synthesize(text: str, voice: FliteVoice | str = "rms") -> AlignedSpeech:
 
 def _token_spans(
     phones: list[tuple[int, float]], num_tokens: int, sample_rate: int
-) -> list[tuple[int, int] | None] | None:
-    """Sample span of each token from its phones (start: the previous phone's end); None if a phone
-    belongs to a token the text does not have."""
+) -> list[tuple[int, int] | None]:
+    """Sample span of each token from its phones (start: the previous phone's end); None for a token
+    without phones."""
     spans: list[tuple[int, int] | None] = [None] * num_tokens
     start = 0.0
     for token, end in phones:
-        if token >= num_tokens:
-            return None
         if token >= 0:
             first = spans[token]
             spans[token] = (first[0] if first else round(start * sample_rate), round(end * sample_rate))
