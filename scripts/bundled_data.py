@@ -1,8 +1,9 @@
 """Corpus helpers of the bundled-model recipe (scripts/train_bundled.sh).
 
-    python scripts/bundled_data.py merge OUT.jsonl IN1.jsonl IN2.jsonl ... [--default-split train]
+    python scripts/bundled_data.py merge OUT.jsonl IN.jsonl ... [--default-split train] [--speakers S]
     python scripts/bundled_data.py extra-text MANIFEST [MANIFEST...] OUT.txt [--count 6000] [--seed 2]
     python scripts/bundled_data.py tokenizer MANIFEST OUT.model [--vocab 1000]
+    python scripts/bundled_data.py speed MANIFEST OUT_DIR --speaker S --factor 1.2 --name NEW [--workers 2]
     python scripts/bundled_data.py ship-codec EXPORT_DIR              # -> dsm/models/codec
     python scripts/bundled_data.py ship-lm {stt,tts} EXPORT_DIR [--voice NAME=AUDIO ...]  # -> dsm/models/KIND
 
@@ -31,12 +32,15 @@ import torch
 from dsm.train.data.manifest import manifest_root, read_manifest, rebase, write_manifest
 
 
-def merge(out: Path, inputs: list[Path], default_split: str = "") -> int:
+def merge(out: Path, inputs: list[Path], default_split: str = "", speakers: str = "") -> int:
     """Write the utterances of `inputs` into one manifest at `out`, audio paths relative to its folder;
-    utterances without a split get `default_split`."""
+    utterances without a split get `default_split`; `speakers` (comma-separated), if given, keeps theirs."""
+    keep = set(filter(None, speakers.split(",")))
     utts = []
     for path in inputs:
         utts += rebase(read_manifest(path), manifest_root(path), out.resolve().parent)
+    if keep:
+        utts = [u for u in utts if u.speaker in keep]
     if default_split:
         utts = [u if u.split else dataclasses.replace(u, split=default_split) for u in utts]
     write_manifest(out, utts)
@@ -90,6 +94,39 @@ def held_out_text(manifest: Path, out: Path) -> int:
     )
     out.write_text("\n".join(new) + "\n")
     return len(new)
+
+
+def _speed_clip(job: tuple[Path, Path, int]) -> None:
+    from dsm.audio import read_audio, write_audio
+
+    source, target, rate = job
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_audio(target, read_audio(str(source), sample_rate=rate), 24_000)
+
+
+def speed(manifest: Path, out_dir: Path, speaker: str, factor: float, name: str, workers: int = 1) -> int:
+    """Speed perturbation: every utterance of ``speaker`` played ``factor`` times faster (resampled to
+    24 kHz / factor and read as 24 kHz, so pitch and formants rise by ``factor`` as tempo does: another,
+    higher voice above 1, a lower one below), as speaker ``name`` with its word times scaled; splits kept.
+    Writes OUT_DIR/clips and OUT_DIR/manifest.jsonl."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    root = manifest_root(manifest)
+    utts = [u for u in read_manifest(manifest) if u.speaker == speaker]
+    if not utts:
+        raise SystemExit(f"{manifest}: no utterance of speaker {speaker!r}")
+    rate = round(24_000 / factor)
+    jobs, out = [], []
+    for i, u in enumerate(utts):
+        audio = f"clips/{i // 1000:03d}/{i:06d}.wav"
+        jobs.append((u.audio_path(root), out_dir / audio, rate))
+        words = [dataclasses.replace(w, start=w.start / factor, end=w.end / factor) for w in u.words or []]
+        duration = None if u.duration is None else u.duration / factor
+        out.append(dataclasses.replace(u, audio=audio, words=words, speaker=name, duration=duration))
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(_speed_clip, jobs, chunksize=32))
+    write_manifest(out_dir / "manifest.jsonl", out)
+    return len(out)
 
 
 def ship_codec(export: Path, out: Path) -> None:
@@ -159,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("out", type=Path)
     m.add_argument("inputs", type=Path, nargs="+")
     m.add_argument("--default-split", default="", help="split of utterances that have none")
+    m.add_argument("--speakers", default="", help="comma-separated: keep only these speakers' utterances")
     t = sub.add_parser("tokenizer", help="train the text tokenizer on the training sentences")
     t.add_argument("manifest", type=Path)
     t.add_argument("out", type=Path)
@@ -171,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     h = sub.add_parser("held-out-text", help="the test split's sentences no other split has")
     h.add_argument("manifest", type=Path)
     h.add_argument("out", type=Path)
+    sp = sub.add_parser("speed", help="a new voice: a speaker's utterances sped up (and pitched) by a factor")
+    sp.add_argument("manifest", type=Path)
+    sp.add_argument("out_dir", type=Path)
+    sp.add_argument("--speaker", required=True)
+    sp.add_argument("--factor", type=float, required=True, help="> 1: faster and higher")
+    sp.add_argument("--name", required=True, help="the new speaker's name")
+    sp.add_argument("--workers", type=int, default=1)
     c = sub.add_parser("ship-codec", help="write the trained codec into the package")
     c.add_argument("export", type=Path)
     c.add_argument("--out", type=Path, default=None, help="default: dsm/models/codec")
@@ -193,13 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     from dsm.bundled import ROOT
 
     if args.cmd == "merge":
-        print(f"{merge(args.out, args.inputs, args.default_split)} utterances -> {args.out}")
+        print(f"{merge(args.out, args.inputs, args.default_split, args.speakers)} utterances -> {args.out}")
     elif args.cmd == "tokenizer":
         print(f"{train_tokenizer(args.manifest, args.out, args.vocab)} pieces -> {args.out}")
     elif args.cmd == "extra-text":
         print(f"{extra_text(args.manifests, args.out, args.count, args.seed)} sentences -> {args.out}")
     elif args.cmd == "held-out-text":
         print(f"{held_out_text(args.manifest, args.out)} sentences -> {args.out}")
+    elif args.cmd == "speed":
+        n = speed(args.manifest, args.out_dir, args.speaker, args.factor, args.name, args.workers)
+        print(f"{n} utterances -> {args.out_dir / 'manifest.jsonl'}")
     elif args.cmd == "ship-codec":
         ship_codec(args.export, args.out or ROOT / "codec")
     else:

@@ -161,10 +161,20 @@ stt)
     python scripts/bundled_data.py ship-lm stt "$RUNS/stt/export"
     ;;
 tts)
+    # Piper's voice only (the codec keeps the words of no other voice well enough), every Piper utterance
+    # of the corpus, and a second voice made of it: the same utterances played 0.88 times as fast (deeper,
+    # slower; speaker "joe-deep")
+    python scripts/bundled_data.py merge "$DATA/piper_all.jsonl" "$DATA/all.jsonl" \
+        "$DATA/piper_extra/manifest.jsonl" "$DATA/piper_rates/manifest.jsonl" --default-split train \
+        --speakers piper:en_US-joe-medium
+    python scripts/bundled_data.py speed "$DATA/piper_all.jsonl" "$DATA/joe_deep" \
+        --speaker piper:en_US-joe-medium --factor 0.88 --name joe-deep --workers 2
+    python scripts/bundled_data.py merge "$DATA/tts_joe.jsonl" "$DATA/piper_all.jsonl" \
+        "$DATA/joe_deep/manifest.jsonl"
     train tts
-    # the voices: Piper "joe" (default) and espeak-ng en-us+f3, from one training clip each
-    python scripts/bundled_data.py ship-lm tts "$RUNS/tts/export" --manifest "$DATA/all.jsonl" \
-        --voice "joe=piper:en_US-joe-medium" --voice "en-us+f3=en-us+f3"
+    # the voices: "joe" (default) and "joe-deep", from one training clip each
+    python scripts/bundled_data.py ship-lm tts "$RUNS/tts/export" --manifest "$DATA/tts_joe.jsonl" \
+        --voice "joe=piper:en_US-joe-medium" --voice "joe-deep=joe-deep"
     ;;
 judge)
     # the quality figures of docs/models.md, with the Whisper tiny.en judge:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import lm_configs
 import pytest
@@ -452,3 +453,22 @@ def test_tts_code_noise_touches_only_the_audio_history(assets, tmp_path):
     assert float(metrics["audio_loss"]) > 0
     with pytest.raises(InputError, match="code_noise"):
         cfg_of(tts_config_dict(assets, tmp_path / "bad", tts={"code_noise": 1.0}), "tts", tmp_path)
+
+
+BUNDLED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "bundled").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", BUNDLED_CONFIGS, ids=lambda p: p.stem)
+def test_bundled_recipe_configs_parse(path):
+    """Every stage config of the bundled-model recipe (scripts/train_bundled.sh) loads, with its model."""
+    from dsm.codec import MimiConfig
+    from dsm.lm import LMConfig
+
+    kind = "codec" if path.stem.startswith("codec") else path.stem.split("_")[0]
+    cfg = load_config(path, kind)
+    assert cfg.out_dir.parent.name == "bundled" and cfg.out_dir.parent.parent.name == "runs"
+    if kind == "codec":
+        assert MimiConfig.from_dict(cfg.codec.arch).n_q == 8
+    else:
+        lm = LMConfig.from_kyutai(cfg.model.arch)
+        assert MimiConfig.from_dict(cfg.model.mimi_config).n_q >= lm.n_q

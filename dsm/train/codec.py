@@ -10,7 +10,9 @@ codebooks (1..n_q) so that every prefix of codebooks decodes.
 
 Losses: multi-scale mel (L1 on mel and log-mel magnitudes at each STFT size of ``mel_scales``), waveform
 L1, commitment; with ``adversarial_weight`` > 0 also a multi-scale STFT discriminator (hinge loss) and
-feature matching; with ``distill_weight`` > 0 the semantic distillation of the first codebook, as Mimi
+feature matching; with ``decoder_only`` and ``code_noise`` the decoder side learns from codes with near
+misses (each replaced, with that probability, by one of its nearest codewords); with ``distill_weight`` >
+0 the semantic distillation of the first codebook, as Mimi
 does from WavLM: a linear head maps the first codebook's quantized output of each frame to a teacher's
 features of that frame (`dsm.train.teacher`, Whisper's encoder), loss 1 - cosine similarity; crops then
 start on frame boundaries. The export writes ``mimi.safetensors`` in Kyutai's layout
@@ -239,6 +241,23 @@ class CodecTrainModule(nn.Module):
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
         # training-only head (not exported): first codebook's output -> teacher features
         self.distill = nn.Linear(mimi.cfg.dimension, teacher_dim) if teacher_dim else None
+        self.neighbours: torch.Tensor | None = None  # [n_q, bins, k] for code_noise (frozen codebooks)
+        if c.code_noise > 0:
+            with torch.no_grad():
+                vectors = mimi.quantizer.code_vectors().float()
+                dist_ = torch.cdist(vectors, vectors)
+                dist_.diagonal(dim1=1, dim2=2).fill_(float("inf"))  # never the code itself
+                self.neighbours = dist_.argsort(-1)[..., : c.code_noise_neighbours].contiguous()
+
+    def perturb(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, F] with each replaced, with probability ``code_noise``, by one of its
+        ``code_noise_neighbours`` nearest codewords (uniformly)."""
+        assert self.neighbours is not None
+        table = self.neighbours[: codes.shape[1]]
+        level = torch.arange(codes.shape[1], device=codes.device)[None, :, None].expand_as(codes)
+        pick = torch.randint(table.shape[-1], codes.shape, device=codes.device)
+        swap = torch.rand(codes.shape, device=codes.device) < self.c.code_noise
+        return torch.where(swap, table[level, codes, pick], codes)
 
     def distill_loss(self, first: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """1 - cosine similarity between the head's map of `first` [B, C, F] and `teacher` [B, F, D],
@@ -259,6 +278,12 @@ class CodecTrainModule(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.c.decoder_only):
             latent = m.downsample(m.encoder_transformer(m.encoder(wav)))
         quant = m.quantizer
+        if self.neighbours is not None and self.training:  # decoder_only: the codebooks are frozen
+            with torch.no_grad():
+                codes = self.perturb(quant.encode(latent.float(), n_q))
+            out = quant.decode(codes)
+            emb = m.decoder_transformer(m.upsample(out))
+            return m.decoder(emb), latent.new_zeros(()), out
         first, commit = train_rvq(quant.rvq_first, latent, quant.n_q_semantic, self.c.ema_decay, update)
         out = first
         if n_q > quant.n_q_semantic:
@@ -339,6 +364,10 @@ class CodecTask(TrainTask):
                 part.requires_grad_(False)
             for rvq in (m.quantizer.rvq_first, m.quantizer.rvq_rest):  # codes -> latent: decoder side
                 rvq.output_proj.requires_grad_(True)
+        elif c.code_noise > 0:
+            raise InputError(f"{cfg.source}: [codec].code_noise needs decoder_only = true (frozen codebooks)")
+        if c.code_noise > 0 and not 1 <= c.code_noise_neighbours < arch.bins:
+            raise InputError(f"{cfg.source}: [codec].code_noise_neighbours must lie in [1, {arch.bins - 1}]")
         self.segment = int(round(c.segment_seconds * self.mimi.frame_rate)) * self.mimi.frame_size
         if self.segment < self.mimi.frame_size:
             raise InputError(f"{cfg.source}: [codec].segment_seconds must cover at least one 80 ms frame")

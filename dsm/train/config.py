@@ -157,6 +157,11 @@ class CodecTrainConfig:
     # train only the decoder side (upsample, decoder transformer, SEANet decoder) of the ``init`` codec:
     # its codes stay exactly as they were, so models trained on them keep working with the better decoder
     decoder_only: bool = False
+    # with decoder_only: each code of a training crop is, with probability ``code_noise``, replaced by one of
+    # its ``code_noise_neighbours`` nearest other codewords (in the decoded latent, at the start of training),
+    # so that the decoder tolerates near misses such as a TTS model's drawn codes
+    code_noise: float = 0.0
+    code_noise_neighbours: int = 32
     # semantic distillation of the first codebook (`dsm.train.teacher`): a linear head maps its quantized
     # output to the teacher's features of the same 80 ms frame, loss = weight x (1 - cosine similarity)
     distill_features: str = ""  # safetensors of `dsm data teacher` for the training manifest
