@@ -281,17 +281,17 @@ class CodecTrainModule(nn.Module):
         if self.neighbours is not None and self.training:  # decoder_only: the codebooks are frozen
             with torch.no_grad():
                 codes = self.perturb(quant.encode(latent.float(), n_q))
-            out = quant.decode(codes)
-            emb = m.decoder_transformer(m.upsample(out))
-            return m.decoder(emb), latent.new_zeros(()), out
-        first, commit = train_rvq(quant.rvq_first, latent, quant.n_q_semantic, self.c.ema_decay, update)
-        out = first
-        if n_q > quant.n_q_semantic:
-            rest, commit_rest = train_rvq(
-                quant.rvq_rest, latent, n_q - quant.n_q_semantic, self.c.ema_decay, update
-            )
-            out = out + rest
-            commit = commit + commit_rest
+            first = quant.rvq_first.decode(codes[:, : quant.n_q_semantic])
+            out, commit = quant.decode(codes), latent.new_zeros(())
+        else:
+            first, commit = train_rvq(quant.rvq_first, latent, quant.n_q_semantic, self.c.ema_decay, update)
+            out = first
+            if n_q > quant.n_q_semantic:
+                rest, commit_rest = train_rvq(
+                    quant.rvq_rest, latent, n_q - quant.n_q_semantic, self.c.ema_decay, update
+                )
+                out = out + rest
+                commit = commit + commit_rest
         emb = m.upsample(out)
         emb = m.decoder_transformer(emb)
         return m.decoder(emb), commit, first
