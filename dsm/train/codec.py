@@ -10,7 +10,9 @@ codebooks (1..n_q) so that every prefix of codebooks decodes.
 
 Losses: multi-scale mel (L1 on mel and log-mel magnitudes at each STFT size of ``mel_scales``), waveform
 L1, commitment; with ``adversarial_weight`` > 0 also a multi-scale STFT discriminator (hinge loss) and
-feature matching; with ``decoder_only`` and ``code_noise`` the decoder side learns from codes with near
+feature matching; with ``decoder_only`` the encoder and the init's codebooks stay as they are (so do its
+codes) while the decoder side trains, and codebooks the init lacks (an architecture with more) are learned
+after them; with ``code_noise`` too the decoder side learns from codes with near
 misses (each replaced, with that probability, by one of its nearest codewords); with ``distill_weight`` >
 0 the semantic distillation of the first codebook, as Mimi
 does from WavLM: a linear head maps the first codebook's quantized output of each frame to a teacher's
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,7 @@ from torch.nn import functional as F
 
 from dsm.audio import read_audio
 from dsm.codec import Mimi, MimiConfig, load_mimi, save_mimi
-from dsm.codec.loader import CONFIG_NAME, WEIGHTS_NAME
+from dsm.codec.loader import CONFIG_NAME, WEIGHTS_NAME, check_state_dict, normalize_keys, read_safetensors
 from dsm.codec.quantizer import ResidualVQ
 from dsm.errors import InputError
 from dsm.train.config import TrainConfig
@@ -180,21 +183,22 @@ def _broadcast(t: torch.Tensor) -> torch.Tensor:
 
 
 def train_rvq(
-    rvq: ResidualVQ, latent: torch.Tensor, n_q: int, decay: float, update: bool
+    rvq: ResidualVQ, latent: torch.Tensor, n_q: int, decay: float, update: bool, frozen: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``latent`` [B, C, F] with the first ``n_q`` levels of ``rvq`` for training.
 
     Returns (output [B, C_out, F] with straight-through gradients, commitment loss). With ``update`` the
-    EMA codebooks follow this batch (and dead codewords are re-seeded from it)."""
+    EMA codebooks but the first ``frozen`` follow this batch (and dead codewords are re-seeded from it)."""
     x = rvq.input_proj(latent).float()
     B, D, T = x.shape
     residual = x
     quantized = torch.zeros_like(x)
     commit = x.new_zeros(())
-    for level in rvq.vq.layers[:n_q]:
+    for index, level in enumerate(rvq.vq.layers[:n_q]):
         book = level._codebook
+        learn = update and index >= frozen
         flat = residual.detach().transpose(1, 2).reshape(B * T, D)
-        if update and float(book._initialized) == 0:
+        if learn and float(book._initialized) == 0:
             with torch.no_grad():
                 pick = torch.randint(flat.shape[0], (book.embedding_sum.shape[0],), device=flat.device)
                 book.embedding_sum.copy_(_broadcast(flat[pick].clone()))
@@ -207,7 +211,7 @@ def train_rvq(
             idx = dist_.argmin(-1)
         q = F.embedding(idx, embedding).view(B, T, D).transpose(1, 2)
         commit = commit + F.mse_loss(residual, q.detach())
-        if update:
+        if learn:
             with torch.no_grad():
                 onehot = F.one_hot(idx, embedding.shape[0]).float()
                 counts = _all_reduce(onehot.sum(0))
@@ -226,16 +230,48 @@ def train_rvq(
     return rvq.output_proj(out.to(latent.dtype)), commit
 
 
+_REST_LEVEL = re.compile(r"quantizer\.rvq_rest\.vq\.layers\.(\d+)\.")
+
+
+def load_init_codec(path: Path, arch: MimiConfig, device: str | torch.device) -> tuple[Mimi, int]:
+    """The codec a run starts from (a weights file or export directory) and how many codebooks it has.
+
+    An init with fewer codebooks than ``arch`` (e.g. 8 of 16) fills the first ones; the others start
+    unseeded (from the first training batch). Any other mismatch is a `CheckpointError`."""
+    file = path / WEIGHTS_NAME if path.is_dir() else path
+    state = normalize_keys(read_safetensors(file))
+    levels = len({int(m.group(1)) for key in state if (m := _REST_LEVEL.match(key))})
+    have = arch.n_q_semantic + levels
+    if have >= arch.n_q:
+        return load_mimi(file, config=arch, device=device), arch.n_q
+    with torch.device(device):
+        mimi = Mimi(arch)
+    fresh = mimi.state_dict()
+    new = {k: v for k, v in fresh.items() if (m := _REST_LEVEL.match(k)) and int(m.group(1)) >= levels}
+    state = {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()} | new
+    check_state_dict(mimi, state, str(file))
+    mimi.load_state_dict(state)
+    for level in mimi.quantizer.rvq_rest.vq.layers[levels:]:
+        level._codebook._initialized.fill_(0.0)
+    return mimi, have
+
+
 class CodecTrainModule(nn.Module):
     """forward(wav [B, 1, T]) -> (loss, metrics) of the codec autoencoder (see the module docstring)."""
 
     def __init__(
-        self, mimi: Mimi, cfg: TrainConfig, discriminator: nn.Module | None, teacher_dim: int | None = None
+        self,
+        mimi: Mimi,
+        cfg: TrainConfig,
+        discriminator: nn.Module | None,
+        teacher_dim: int | None = None,
+        frozen_codebooks: int = 0,
     ):
         super().__init__()
         self.mimi = mimi
         c = cfg.codec
         self.c = c
+        self.frozen = frozen_codebooks  # the first codebooks (semantic one first), never updated
         self.mel_loss = MultiScaleMelLoss(mimi.sample_rate, c.mel_scales, c.mel_bins, c.mel_floor_db)
         self._disc = [discriminator]  # not a submodule: it has its own optimizer and checkpoint entry
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -284,11 +320,12 @@ class CodecTrainModule(nn.Module):
             first = quant.rvq_first.decode(codes[:, : quant.n_q_semantic])
             out, commit = quant.decode(codes), latent.new_zeros(())
         else:
-            first, commit = train_rvq(quant.rvq_first, latent, quant.n_q_semantic, self.c.ema_decay, update)
+            n_sem, decay = quant.n_q_semantic, self.c.ema_decay
+            first, commit = train_rvq(quant.rvq_first, latent, n_sem, decay, update, self.frozen)
             out = first
-            if n_q > quant.n_q_semantic:
+            if n_q > n_sem:
                 rest, commit_rest = train_rvq(
-                    quant.rvq_rest, latent, n_q - quant.n_q_semantic, self.c.ema_decay, update
+                    quant.rvq_rest, latent, n_q - n_sem, decay, update, max(0, self.frozen - n_sem)
                 )
                 out = out + rest
                 commit = commit + commit_rest
@@ -303,7 +340,7 @@ class CodecTrainModule(nn.Module):
         n_q = n_total
         if self.training and self.c.quantizer_dropout:
             n_q = int(torch.randint(1, n_total + 1, ()))
-        y, commit, first = self.reconstruct(wav, n_q, update=self.training and not self.c.decoder_only)
+        y, commit, first = self.reconstruct(wav, n_q, update=self.training)
         y = y[..., : wav.shape[-1]]
         mel = self.mel_loss(y, wav)
         wave = F.l1_loss(y.float(), wav.float())
@@ -347,8 +384,14 @@ class CodecTask(TrainTask):
         c = cfg.codec
         device = info.device
         arch = MimiConfig.from_dict(c.arch)
+        init_codebooks = 0
         if c.init:
-            self.mimi = load_mimi(cfg.path(c.init), config=arch, device=device)
+            self.mimi, init_codebooks = load_init_codec(cfg.path(c.init), arch, device)
+            if init_codebooks < arch.n_q and not c.decoder_only:
+                raise InputError(
+                    f"{cfg.source}: [codec].init has {init_codebooks} codebooks, the architecture "
+                    f"{arch.n_q}: new codebooks are learned with decoder_only = true (the init's codes kept)"
+                )
         else:
             with torch.device(device):
                 self.mimi = Mimi(arch)
@@ -366,6 +409,8 @@ class CodecTask(TrainTask):
                 rvq.output_proj.requires_grad_(True)
         elif c.code_noise > 0:
             raise InputError(f"{cfg.source}: [codec].code_noise needs decoder_only = true (frozen codebooks)")
+        if c.code_noise > 0 and init_codebooks < arch.n_q:
+            raise InputError(f"{cfg.source}: [codec].code_noise needs every codebook from the init (frozen)")
         if c.code_noise > 0 and not 1 <= c.code_noise_neighbours < arch.bins:
             raise InputError(f"{cfg.source}: [codec].code_noise_neighbours must lie in [1, {arch.bins - 1}]")
         self.segment = int(round(c.segment_seconds * self.mimi.frame_rate)) * self.mimi.frame_size
@@ -389,7 +434,8 @@ class CodecTask(TrainTask):
         self.eval_files = self.eval_files[: cfg.data.max_eval_items]
         self.teacher = self._teacher_features() if c.distill_weight > 0 else None
         teacher_dim = next(iter(self.teacher.values())).shape[-1] if self.teacher else None
-        self.module = CodecTrainModule(self.mimi, cfg, self.disc, teacher_dim).to(device)
+        frozen = init_codebooks if c.decoder_only else 0
+        self.module = CodecTrainModule(self.mimi, cfg, self.disc, teacher_dim, frozen).to(device)
         self.order = BatchOrder(len(self.files), cfg.optim.batch_size, cfg.run.seed, info.rank, info.world)
         self.gen = torch.Generator().manual_seed(cfg.run.seed * 104_729 + info.rank + 1)
         self._audio: dict[Path, torch.Tensor] = {}

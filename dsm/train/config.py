@@ -155,7 +155,8 @@ class CodecTrainConfig:
     mel_scales: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024, 2048])
     mel_floor_db: float | None = None  # log-mel floor as a white-noise level in dBFS (None: 1e-5)
     # train only the decoder side (upsample, decoder transformer, SEANet decoder) of the ``init`` codec:
-    # its codes stay exactly as they were, so models trained on them keep working with the better decoder
+    # its codes stay exactly as they were, so models trained on them keep working with the better decoder;
+    # an architecture with more codebooks (``arch.n_q``) than the init learns the new ones after its own
     decoder_only: bool = False
     # with decoder_only: each code of a training crop is, with probability ``code_noise``, replaced by one of
     # its ``code_noise_neighbours`` nearest other codewords (in the decoded latent, at the start of training),
