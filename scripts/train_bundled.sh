@@ -8,15 +8,17 @@
 #   bash scripts/train_bundled.sh codec_distill  # the codec's first codebook distilled from Whisper -> dsm/models/codec
 #   bash scripts/train_bundled.sh codec_wide     # that codec trained further on Flite and 24 more espeak-ng voices
 #   bash scripts/train_bundled.sh codec_all      # and on every synthesiser of the corpus -> dsm/models/codec
+#   bash scripts/train_bundled.sh codec_16       # 8 more codebooks, decoder trained on (first 8 codes kept)
+#   bash scripts/train_bundled.sh codec_adv      # its decoder against an STFT discriminator -> dsm/models/codec
 #   bash scripts/train_bundled.sh stt      # STT on the shipped codec's codes (configs/bundled/stt.toml) -> dsm/models/stt
 #   bash scripts/train_bundled.sh tts      # TTS on the shipped codec's codes (configs/bundled/tts.toml) -> dsm/models/tts
 #   bash scripts/train_bundled.sh judge    # quality figures: codec round trip, STT, TTS (Whisper tiny.en judge)
 #
 # Every training stage resumes from its last checkpoint (runs/bundled/<stage>/checkpoint.pt) when one
 # exists, so a killed stage is continued by running the same command again; a finished stage only
-# re-exports. Each training stage but codec_wide (a step towards codec_all) ends by writing its model into
-# the package (dsm/models/, see dsm/bundled.py and `scripts/bundled_data.py ship-*`); STT and TTS train on
-# the shipped codec as it is stored there. Logs go to runs/bundled/<stage>.log (git-ignored, as are data/
+# re-exports. Each training stage but codec_wide and codec_16 (steps towards codec_all and codec_adv) ends
+# by writing its model into the package (dsm/models/, see dsm/bundled.py and `scripts/bundled_data.py
+# ship-*`); STT and TTS train on the shipped codec as it is stored there. Logs go to runs/bundled/<stage>.log (git-ignored, as are data/
 # and runs/).
 # Needs: apt-get install espeak-ng flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k,
 # `pip install -e ".[piper,train,distill]"`, and for the judge `pip install faster-whisper
@@ -156,6 +158,18 @@ codec_all)
     train codec_all codec
     python scripts/bundled_data.py ship-codec "$RUNS/codec_all/export"
     ;;
+codec_16)
+    # codec_all's codec with 8 more codebooks and its decoder side trained further: the first 8 codes of
+    # any audio stay as they were (the STT reads those, the TTS the first 4)
+    python scripts/bundled_data.py merge "$DATA/codec_16.jsonl" "$DATA/all.jsonl" \
+        "$DATA/piper_extra/manifest.jsonl" --default-split train
+    train codec_16 codec
+    ;;
+codec_adv)
+    # codec_16's decoder side trained against a small STFT discriminator (codes unchanged again)
+    train codec_adv codec
+    python scripts/bundled_data.py ship-codec "$RUNS/codec_adv/export"
+    ;;
 stt)
     train stt
     python scripts/bundled_data.py ship-lm stt "$RUNS/stt/export"
@@ -189,7 +203,7 @@ judge)
     python benchmarks/bundled_eval.py real --json "$RUNS/eval_real.json"
     ;;
 *)
-    sed -n '2,17p' "$0"
+    sed -n '2,20p' "$0"
     exit 2
     ;;
 esac

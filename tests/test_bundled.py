@@ -45,9 +45,9 @@ def mel_distance(decoded: np.ndarray, original: np.ndarray) -> float:
 
 def test_bundled_codec_is_complete_and_small():
     directory = bundled("codec")
-    assert sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) <= 15e6
+    assert sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) <= 16e6
     mimi = load_mimi(directory)
-    assert mimi.total_codebooks == 8 and mimi.cfg.seanet.n_filters == 16
+    assert mimi.total_codebooks == 16 and mimi.cfg.seanet.n_filters == 16
 
 
 def test_bundled_models_fit_the_size_budget():
@@ -63,7 +63,7 @@ def test_main_job_roundtrip_uses_bundled_codec(tmp_path, capsys):
     the held-out speech comes back close to the original."""
     out = tmp_path / "roundtrip.wav"
     assert main(["codec", "roundtrip", str(DATA / CLIP["audio"]), str(out)]) == 0
-    assert "8 codebooks" in capsys.readouterr().out
+    assert "16 codebooks" in capsys.readouterr().out
     original = read_audio(str(DATA / CLIP["audio"]), sample_rate=24_000)
     decoded = read_audio(str(out), sample_rate=24_000)
     assert decoded.shape == original.shape
@@ -77,7 +77,7 @@ def test_encode_decode_cli_with_bundled_codec(tmp_path):
     assert main(["codec", "decode", str(codes), str(out)]) == 0
     original = read_audio(str(DATA / CLIP["audio"]), sample_rate=24_000)
     assert read_audio(str(out), sample_rate=24_000).shape == original.shape  # trimmed to the input
-    assert main(["codec", "encode", str(DATA / CLIP["audio"]), str(codes), "--n-q", "9"]) == 2
+    assert main(["codec", "encode", str(DATA / CLIP["audio"]), str(codes), "--n-q", "17"]) == 2
 
 
 def test_unshipped_models_fail_clearly(monkeypatch, tmp_path, capsys):

@@ -10,6 +10,7 @@ from dsm.errors import InputError
 from dsm.nn.quant import (
     MAX_ROWS,
     WeightOnlyLinear,
+    _cpu_has_vnni,
     dequantize,
     fbgemm_available,
     quantize_int4,
@@ -17,6 +18,9 @@ from dsm.nn.quant import (
 )
 
 needs_fbgemm = pytest.mark.skipif(not fbgemm_available(), reason="no FBGEMM in this PyTorch build")
+# w8a8 activations get 8 bits on CPUs with int8 dot-product instructions (VNNI) and 7 without (FBGEMM's
+# saturation guard): twice the rounding step, so the error bounds double there
+W8A8_ACTIVATION_FACTOR = 1.0 if _cpu_has_vnni() else 2.0
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -61,8 +65,9 @@ def test_w8a8_rows_are_quantized_alone(weight):
     x = torch.randn(3, 256, generator=torch.Generator().manual_seed(1))
     got = linear(x, weight)
     q, scales = quantize_int8(weight)
-    assert _rel(got, x @ dequantize(q, scales, "int8").t()) < 0.012  # the activations' rounding
-    assert _rel(got, x @ weight.t()) < 0.02
+    bound = 0.012 * W8A8_ACTIVATION_FACTOR  # the activations' rounding
+    assert _rel(got, x @ dequantize(q, scales, "int8").t()) < bound
+    assert _rel(got, x @ weight.t()) < 0.02 * W8A8_ACTIVATION_FACTOR
     loud = torch.cat([x, 1e3 * torch.rand(1, 256), -torch.ones(1, 256)])
     assert torch.equal(linear(loud, weight)[:3], got)
     assert torch.equal(linear(x[1:2], weight), got[1:2])
@@ -131,7 +136,7 @@ def test_streaming_steps_stay_close_to_the_unquantized_model(lm_pairs, dtype):
     assert _rel(outputs["int8"], outputs[None]) < 0.03
     assert 0.02 < _rel(outputs["int4"], outputs[None]) < 0.25
     if fbgemm_available():
-        assert _rel(outputs["w8a8"], outputs[None]) < 0.04
+        assert _rel(outputs["w8a8"], outputs[None]) < 0.04 * W8A8_ACTIVATION_FACTOR
         assert _rel(outputs["fp16"], outputs[None]) < (2e-3 if dtype == torch.float32 else 0.02)
 
 
