@@ -4,6 +4,7 @@
     python scripts/bundled_data.py extra-text MANIFEST [MANIFEST...] OUT.txt [--count 6000] [--seed 2]
     python scripts/bundled_data.py tokenizer MANIFEST OUT.model [--vocab 1000]
     python scripts/bundled_data.py speed MANIFEST OUT_DIR --speaker S --factor 1.2 --name NEW [--workers 2]
+    python scripts/bundled_data.py tts-codes TTS_CONFIG OUT.safetensors [--checkpoint PATH] [--temperature T]
     python scripts/bundled_data.py ship-codec EXPORT_DIR              # -> dsm/models/codec
     python scripts/bundled_data.py ship-lm {stt,tts} EXPORT_DIR [--voice NAME=AUDIO ...]  # -> dsm/models/KIND
 
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from dsm.train.config import TrainConfig, load_config
 from dsm.train.data.manifest import manifest_root, read_manifest, rebase, write_manifest
 
 
@@ -189,6 +191,41 @@ def ship_lm(
     print(f"{kind} -> {out} ({size / 1e6:.1f} MB)")
 
 
+def tts_codes(
+    cfg: TrainConfig,
+    out: Path,
+    checkpoint: Path | None,
+    temperature: float,
+    top_k: int,
+    seed: int,
+    limit: int | None = None,
+) -> int:
+    """The audio codes a TTS run's model draws, teacher-forced, for each of its training utterances
+    (`TtsTask.draw_audio_codes`; at most ``limit``, evenly spread), keyed by resolved audio path:
+    `[codec].substitute_codes` for a decoder fine-tuned on them. Returns how many utterances."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from dsm.train.loop import DistInfo
+    from dsm.train.tts import TtsTask
+
+    task = TtsTask(cfg, DistInfo())
+    state = torch.load(checkpoint or cfg.out_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    task.module.load_state_dict(state["model"])
+    task.module.eval()
+    gen = torch.Generator().manual_seed(seed)
+    items = task.train_items
+    if limit is not None and limit < len(items):
+        items = [items[i * len(items) // limit] for i in range(limit)]
+    codes = {
+        str(item.audio.resolve()): task.draw_audio_codes(item, temperature, top_k, gen).to(torch.int16)
+        for item in tqdm(items, desc="drawing codes", unit="utt")
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in codes.items()}, str(out))
+    return len(codes)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -216,6 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--factor", type=float, required=True, help="> 1: faster and higher")
     sp.add_argument("--name", required=True, help="the new speaker's name")
     sp.add_argument("--workers", type=int, default=1)
+    tc = sub.add_parser("tts-codes", help="codes a TTS run's model draws for its training audio")
+    tc.add_argument("config", type=Path)
+    tc.add_argument("out", type=Path)
+    tc.add_argument("--checkpoint", type=Path, default=None, help="default: the run's checkpoint.pt")
+    tc.add_argument("--temperature", type=float, default=0.6)
+    tc.add_argument("--top-k", type=int, default=250)
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--limit", type=int, default=None, help="at most this many utterances (evenly spread)")
     c = sub.add_parser("ship-codec", help="write the trained codec into the package")
     c.add_argument("export", type=Path)
     c.add_argument("--out", type=Path, default=None, help="default: dsm/models/codec")
@@ -248,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "speed":
         n = speed(args.manifest, args.out_dir, args.speaker, args.factor, args.name, args.workers)
         print(f"{n} utterances -> {args.out_dir / 'manifest.jsonl'}")
+    elif args.cmd == "tts-codes":
+        cfg = load_config(args.config, "tts")
+        n = tts_codes(cfg, args.out, args.checkpoint, args.temperature, args.top_k, args.seed, args.limit)
+        print(f"drawn codes of {n} utterances -> {args.out}")
     elif args.cmd == "ship-codec":
         ship_codec(args.export, args.out or ROOT / "codec")
     else:

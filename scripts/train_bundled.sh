@@ -192,9 +192,17 @@ tts)
     ;;
 judge)
     # the quality figures of docs/models.md, with the Whisper tiny.en judge:
-    # held-out Piper sentences as they are and through the shipped codec (first 50 test utterances)
-    python benchmarks/judge.py "$DATA/all.jsonl" --split test --speakers piper --limit 50 \
+    # held-out Piper sentences as they are and through the shipped codec: the 75 test utterances, then
+    # 150 sentences no codec stage heard (the last of extra_sentences.txt, spoken by espeak-ng for the
+    # STT only). Whisper's errors on codec speech are chaotic: 2 points between two codecs is noise
+    python benchmarks/judge.py "$DATA/all.jsonl" --split test --speakers piper \
         --codec dsm/models/codec --json "$RUNS/judge_codec.json"
+    tail -n 150 "$DATA/extra_sentences.txt" > "$DATA/codec_judge_sentences.txt"
+    [ -f "$DATA/piper_codec_judge/manifest.jsonl" ] ||
+        dsm data synth --out "$DATA/piper_codec_judge" --text "$DATA/codec_judge_sentences.txt" \
+            --voices piper --seed 5 --workers 2 --overwrite
+    python benchmarks/judge.py "$DATA/piper_codec_judge/manifest.jsonl" --codec dsm/models/codec \
+        --json "$RUNS/judge_codec_extra.json"
     # the shipped STT on the test split (held-out sentences; held-out voices en-us+f4, en-us+m4)
     python benchmarks/bundled_eval.py stt "$DATA/all.jsonl" --per-speaker 40 --json "$RUNS/eval_stt.json"
     # the shipped TTS on 30 held-out sentences per voice, judged by Whisper and by the shipped STT

@@ -62,3 +62,73 @@ def test_speed_perturbation_scales_pitch_tempo_and_word_times(tmp_path, factor):
     assert _peak_hz(wav) == pytest.approx(200.0 * factor, rel=0.01)
     with pytest.raises(SystemExit, match="no utterance of speaker"):
         bundled_data.speed(manifest, out_dir, "nobody", factor, "x")
+
+
+def test_ship_codec_stores_bfloat16_and_keeps_codes(tmp_path):
+    """Shipping casts the codec to bfloat16 but its codebooks: a shipped codec picks the same codes as
+    the float32 export and decodes them within bfloat16 rounding."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from dsm.codec import Mimi, MimiConfig, load_mimi, save_mimi
+    from dsm.codec.loader import CONFIG_NAME, WEIGHTS_NAME
+    from dsm.codec.seanet import SeanetConfig
+
+    seanet = SeanetConfig(n_filters=4, dimension=32)
+    config = MimiConfig(
+        seanet=seanet, num_layers=1, num_heads=2, dim_feedforward=64, n_q=4, bins=32, codebook_dim=16
+    )
+    torch.manual_seed(0)
+    model = Mimi(config).eval()
+    with torch.no_grad():  # random codewords near the latent (a fresh model's are all zero)
+        for name, buf in model.named_buffers():
+            if name.endswith("_codebook.embedding_sum"):
+                buf.normal_(std=1e-3)
+    export = tmp_path / "export"
+    export.mkdir()
+    save_mimi(model, export / WEIGHTS_NAME)
+    (export / CONFIG_NAME).write_text(json.dumps(config.to_dict()))
+    bundled_data.ship_codec(export, tmp_path / "shipped")
+
+    shipped = load_file(str(tmp_path / "shipped" / WEIGHTS_NAME))
+    books = [k for k in shipped if "_codebook." in k]
+    assert books and all(shipped[k].dtype == torch.float32 for k in books if shipped[k].is_floating_point())
+    rest = [v for k, v in shipped.items() if "_codebook." not in k and v.is_floating_point()]
+    assert rest and all(v.dtype == torch.bfloat16 for v in rest)
+
+    exported, shipped_codec = load_mimi(export), load_mimi(tmp_path / "shipped")
+    wav = 0.1 * torch.randn(1, 1, 1920 * 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        codes, codes_shipped = exported.encode(wav), shipped_codec.encode(wav)
+        out, out_shipped = exported.decode(codes), shipped_codec.decode(codes)
+    assert torch.equal(codes, codes_shipped) and codes.unique().numel() > 4
+    assert (out - out_shipped).abs().max() <= 1e-2 * out.abs().max()
+
+
+def test_tts_codes_writes_what_the_codec_trainer_reads(tmp_path):
+    """`tts-codes`: a TTS run's teacher-forced draws for an evenly spread subset of its training clips,
+    [dep_q, frames] int16 each, keyed by resolved audio path."""
+    import torch
+    from safetensors.torch import load_file
+    from train_fixtures import make_assets, tts_config_dict
+
+    from dsm.train.config import parse_config
+    from dsm.train.loop import DistInfo
+    from dsm.train.run import train
+    from dsm.train.tts import TtsTask
+
+    assets = make_assets(tmp_path / "assets")
+    raw = tts_config_dict(assets, tmp_path / "run", run={"max_steps": 2, "save_every": 2})
+    cfg = parse_config(raw, "tts", tmp_path)
+    train(cfg)
+    out = tmp_path / "codes.safetensors"
+    assert bundled_data.tts_codes(cfg, out, None, 0.6, 250, 0, limit=3) == 3
+    codes = load_file(str(out))
+    task = TtsTask(cfg, DistInfo())
+    frames = {str(item.audio.resolve()): item.frames for item in task.train_items}
+    assert len(codes) == 3 and set(codes) <= set(frames)
+    for key, value in codes.items():
+        assert value.dtype == torch.int16 and value.shape == (task.lm.cfg.dep_q, frames[key])
+        assert int(value.min()) >= -1 and int(value.max()) < task.lm.cfg.card

@@ -118,3 +118,83 @@ def test_new_codebooks_need_decoder_only_and_no_code_noise(trained, tmp_path):
     )
     with pytest.raises(InputError, match="code_noise needs every codebook"):
         CodecTask(noisy, DistInfo())
+
+
+def _substitutes(task: CodecTask, path, k: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random drawn codes [k, frames] for the task's training files, -1 on every third frame; written to
+    ``path`` keyed by resolved audio path as `scripts/bundled_data.py tts-codes` writes them."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for file in task.files:
+        frames = task._wav(file).shape[0] // task.mimi.frame_size
+        codes = torch.randint(64, (k, frames), generator=gen)
+        codes[:, ::3] = -1
+        out[str(file.resolve())] = codes.to(torch.int16)
+    save_file(out, str(path))
+    return out
+
+
+def test_substitute_codes_are_what_the_decoder_decodes(trained, tmp_path):
+    """[codec].substitute_codes: a substituted batch holds each crop's drawn codes at its frames (-1 past
+    the file's end), and the decoder decodes its first K codebooks only, the drawn codes in place of the
+    true ones but where they are -1. Training on them changes the decoder side only."""
+    assets, init = trained
+    task = CodecTask(_decoder_config(assets, init, tmp_path / "probe"), DistInfo())
+    stored = _substitutes(task, tmp_path / "codes.safetensors")
+    cfg = _decoder_config(
+        assets,
+        init,
+        tmp_path / "s",
+        substitute_codes=str(tmp_path / "codes.safetensors"),
+        substitute_prob=1.0,
+    )
+    task = CodecTask(cfg, DistInfo())
+    wav, teacher, substitute = task.next_batch()
+    n = task.segment // task.mimi.frame_size
+    assert teacher is None and substitute.shape == (wav.shape[0], 2, n)
+    file = task.files[0]
+    codes = stored[str(file.resolve())].long()
+    assert torch.equal(task._substitute_crop(file, 2 * task.mimi.frame_size), codes[:, 2 : 2 + n])
+    tail = task._substitute_crop(file, (codes.shape[1] - 1) * task.mimi.frame_size)
+    assert torch.equal(tail[:, 0], codes[:, -1]) and bool((tail[:, 1:] == -1).all())
+
+    module = task.module.eval()
+    with torch.no_grad():
+        y, _, _ = module.reconstruct(wav, 2, update=False, substitute=substitute)
+        true = task.mimi.quantizer.encode(
+            task.mimi.downsample(task.mimi.encoder_transformer(task.mimi.encoder(wav))), 2
+        )
+        expected = task.mimi.decode(torch.where(substitute >= 0, substitute, true))
+    assert (substitute >= 0).any() and (substitute < 0).any()
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+
+    train(cfg)
+    before = load_mimi(init, config=MimiConfig.from_dict(ARCH))
+    after = load_mimi(tmp_path / "s" / "export", config=MimiConfig.from_dict(ARCH))
+    a, b = before.state_dict(), after.state_dict()
+    assert all(
+        torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder", "downsample")) or "_codebook" in k
+    )
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder"))
+
+
+def test_substitute_codes_need_decoder_only_and_matching_files(trained, tmp_path):
+    assets, init = trained
+    task = CodecTask(_decoder_config(assets, init, tmp_path / "probe"), DistInfo())
+    _substitutes(task, tmp_path / "codes.safetensors")
+    raw = codec_config_dict(assets, tmp_path / "x")
+    raw["codec"].update({"init": str(init), "substitute_codes": str(tmp_path / "codes.safetensors")})
+    with pytest.raises(InputError, match="substitute_codes needs decoder_only"):
+        CodecTask(parse_config(raw, "codec", tmp_path), DistInfo())
+    from safetensors.torch import save_file
+
+    save_file({"/nowhere/a.wav": torch.zeros(2, 5, dtype=torch.int16)}, str(tmp_path / "other.safetensors"))
+    other = _decoder_config(
+        assets, init, tmp_path / "y", substitute_codes=str(tmp_path / "other.safetensors")
+    )
+    with pytest.raises(InputError, match="codes for none of the"):
+        CodecTask(other, DistInfo())
+    with pytest.raises(InputError, match="substitute_prob must lie in"):
+        _decoder_config(assets, init, tmp_path / "z", substitute_prob=1.5)

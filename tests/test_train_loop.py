@@ -468,8 +468,34 @@ def test_bundled_recipe_configs_parse(path):
     cfg = load_config(path, kind)
     assert cfg.out_dir.parent.name == "bundled" and cfg.out_dir.parent.parent.name == "runs"
     if kind == "codec":
-        sixteen = path.stem in ("codec_16", "codec_adv")  # the last stages add codebooks 9-16
+        sixteen = path.stem in ("codec_16", "codec_adv", "codec_tts")  # the stages with codebooks 9-16
         assert MimiConfig.from_dict(cfg.codec.arch).n_q == (16 if sixteen else 8)
     else:
         lm = LMConfig.from_kyutai(cfg.model.arch)
         assert MimiConfig.from_dict(cfg.model.mimi_config).n_q >= lm.n_q
+
+
+def test_tts_draw_audio_codes_is_teacher_forced(assets, tmp_path):
+    """`TtsTask.draw_audio_codes`: one code per generated codebook and audio frame of the item, greedy
+    draws are the teacher-forced argmax at the item's frames (the audio delay removed), and a seeded
+    generator repeats its draws."""
+    from dsm.train.loop import DistInfo
+    from dsm.train.run import build_task
+
+    raw = tts_config_dict(assets, tmp_path / "run", tts={"condition_dropout": 0.0})
+    task = build_task(cfg_of(raw, "tts", tmp_path), DistInfo())
+    task.module.eval()
+    item = task.train_items[0]
+    greedy = task.draw_audio_codes(item, temperature=0.0)
+    n = task.lm.cfg.dep_q
+    assert greedy.shape == (n, item.frames) and item.frames > 10
+    batch = task.make_batch([item], train=False)
+    with torch.no_grad():
+        out = task.lm(batch.codes, **task.module.conditions(batch))
+    frames = slice(task.delay_steps, task.delay_steps + item.frames)
+    truth = batch.codes[0, 1 : 1 + n, frames]
+    assert torch.equal(truth, item.codes[:n])  # frame f is the item's audio frame f
+    expected = torch.where(truth >= 0, out.logits[0, :, frames].float().argmax(-1), -1)
+    assert torch.equal(greedy, expected) and int(greedy.min()) >= 0
+    drawn = [task.draw_audio_codes(item, 1.0, 0, torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], greedy)

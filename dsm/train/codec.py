@@ -13,10 +13,13 @@ L1, commitment; with ``adversarial_weight`` > 0 also a multi-scale STFT discrimi
 feature matching; with ``decoder_only`` the encoder and the init's codebooks stay as they are (so do its
 codes) while the decoder side trains, and codebooks the init lacks (an architecture with more) are learned
 after them; with ``code_noise`` too the decoder side learns from codes with near misses (each replaced,
-with that probability, by one of its nearest codewords); with ``distill_weight`` > 0 the semantic
-distillation of the first codebook, as Mimi does from WavLM: a linear head maps the first codebook's
-quantized output of each frame to a teacher's features of that frame (`dsm.train.teacher`, Whisper's
-encoder), loss 1 - cosine similarity; crops then start on frame boundaries. The export writes
+with that probability, by one of its nearest codewords); with ``substitute_codes`` it learns to decode
+what a TTS model draws (a share of batches decoded from the model's teacher-forced codes, aligned with
+the true audio, as vocoders are fine-tuned on predicted features); with ``distill_weight`` > 0 the
+semantic distillation of the first codebook, as Mimi does from WavLM: a linear head maps the first
+codebook's quantized output of each frame to a teacher's features of that frame (`dsm.train.teacher`,
+Whisper's encoder), loss 1 - cosine similarity. With teacher features or drawn codes, crops start on
+frame boundaries. The export writes
 ``mimi.safetensors`` in Kyutai's layout (`dsm.codec.load_mimi` reads it) and ``mimi_config.json`` (the
 architecture, for `MimiConfig.from_dict`); the distillation head is training-only and not exported.
 """
@@ -303,16 +306,24 @@ class CodecTrainModule(nn.Module):
         return (1 - F.cosine_similarity(pred, teacher, dim=-1))[covered].mean()
 
     def reconstruct(
-        self, wav: torch.Tensor, n_q: int, update: bool
+        self, wav: torch.Tensor, n_q: int, update: bool, substitute: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(decoded audio, commitment loss, first codebook's quantized output [B, C, frames])."""
+        """(decoded audio, commitment loss, first codebook's quantized output [B, C, frames]). With
+        ``substitute`` [B, n_q, frames] (decoder_only), its codes but -1 replace the true ones."""
         m = self.mimi
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.c.decoder_only):
             latent = m.downsample(m.encoder_transformer(m.encoder(wav)))
         quant = m.quantizer
-        if self.neighbours is not None and self.training:  # decoder_only: the codebooks are frozen
+        noise = self.neighbours is not None and self.training
+        if noise or substitute is not None:  # decoder_only: the codebooks are frozen
             with torch.no_grad():
-                codes = self.perturb(quant.encode(latent.float(), n_q))
+                codes = quant.encode(latent.float(), n_q)
+                if noise:
+                    codes = self.perturb(codes)
+                if substitute is not None:
+                    frames = codes.shape[-1]
+                    sub = F.pad(substitute[..., :frames], (0, frames - substitute.shape[-1]), value=-1)
+                    codes = torch.where(sub >= 0, sub, codes)
             first = quant.rvq_first.decode(codes[:, : quant.n_q_semantic])
             out, commit = quant.decode(codes), latent.new_zeros(())
         else:
@@ -329,14 +340,22 @@ class CodecTrainModule(nn.Module):
         emb = m.decoder_transformer(emb)
         return m.decoder(emb), commit, first
 
-    def forward(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
-        """`batch`: audio [B, 1, T], or (audio, teacher features [B, frames, D]) when distilling."""
-        wav, teacher = batch if isinstance(batch, tuple) else (batch, None)
+    def forward(self, batch: torch.Tensor | tuple[torch.Tensor | None, ...]):
+        """`batch`: audio [B, 1, T], or (audio, teacher features [B, frames, D] or None, substitute codes
+        [B, K, frames] or None): distillation targets, and the codes to decode from instead of the true
+        first K (`CodecTask.next_batch`)."""
+        if isinstance(batch, tuple):
+            wav, teacher, substitute = (*batch, None)[:3]
+        else:
+            wav, teacher, substitute = batch, None, None
+        assert wav is not None
         n_total = self.mimi.total_codebooks
         n_q = n_total
-        if self.training and self.c.quantizer_dropout:
+        if substitute is not None:
+            n_q = substitute.shape[1]
+        elif self.training and self.c.quantizer_dropout:
             n_q = int(torch.randint(1, n_total + 1, ()))
-        y, commit, first = self.reconstruct(wav, n_q, update=self.training)
+        y, commit, first = self.reconstruct(wav, n_q, update=self.training, substitute=substitute)
         y = y[..., : wav.shape[-1]]
         mel = self.mel_loss(y, wav)
         wave = F.l1_loss(y.float(), wav.float())
@@ -407,6 +426,11 @@ class CodecTask(TrainTask):
             raise InputError(f"{cfg.source}: [codec].code_noise needs decoder_only = true (frozen codebooks)")
         if c.code_noise > 0 and init_codebooks < arch.n_q:
             raise InputError(f"{cfg.source}: [codec].code_noise needs every codebook from the init (frozen)")
+        if c.substitute_codes and (not c.decoder_only or init_codebooks < arch.n_q):
+            raise InputError(
+                f"{cfg.source}: [codec].substitute_codes needs decoder_only = true and every codebook "
+                "from the init (the codes it replaces stay valid only with frozen codebooks)"
+            )
         if c.code_noise > 0 and not 1 <= c.code_noise_neighbours < arch.bins:
             raise InputError(f"{cfg.source}: [codec].code_noise_neighbours must lie in [1, {arch.bins - 1}]")
         self.segment = int(round(c.segment_seconds * self.mimi.frame_rate)) * self.mimi.frame_size
@@ -429,6 +453,7 @@ class CodecTask(TrainTask):
             self.eval_files = []
         self.eval_files = self.eval_files[: cfg.data.max_eval_items]
         self.teacher = self._teacher_features() if c.distill_weight > 0 else None
+        self.substitutes = self._substitute_codes() if c.substitute_codes else None
         teacher_dim = next(iter(self.teacher.values())).shape[-1] if self.teacher else None
         frozen = init_codebooks if c.decoder_only else 0
         self.module = CodecTrainModule(self.mimi, cfg, self.disc, teacher_dim, frozen).to(device)
@@ -480,6 +505,26 @@ class CodecTask(TrainTask):
             )
         return {p: cache[self._keys[p]] for p in self.files + self.eval_files}
 
+    def _substitute_codes(self) -> dict[Path, torch.Tensor]:
+        """Drawn codes [K, frames] of the training files that have some (`[codec].substitute_codes`)."""
+        from safetensors.torch import load_file
+
+        path = self.cfg.path(self.cfg.codec.substitute_codes)
+        if not path.is_file():
+            raise InputError(f"{path}: no substitute codes (scripts/bundled_data.py tts-codes makes them)")
+        stored = {Path(k): v.long() for k, v in load_file(str(path)).items()}
+        found = {p: stored[p.resolve()] for p in self.files if p.resolve() in stored}
+        if not found:
+            raise InputError(f"{path}: codes for none of the {len(self.files)} training files")
+        levels = {v.shape[0] for v in found.values()}
+        bins, n_q = self.mimi.cfg.bins, self.mimi.total_codebooks
+        if len(levels) != 1 or not 1 <= levels.pop() <= n_q:
+            raise InputError(f"{path}: expected [K, frames] codes with the same K <= {n_q} for every file")
+        if any(int(v.max()) >= bins or int(v.min()) < -1 for v in found.values()):
+            raise InputError(f"{path}: codes outside [-1, {bins})")
+        log.info("substitute codes for %d of %d training files", len(found), len(self.files))
+        return found
+
     def _wav(self, path: Path) -> torch.Tensor:
         if path not in self._audio:
             self._audio[path] = torch.from_numpy(read_audio(str(path), sample_rate=self.mimi.sample_rate))
@@ -492,9 +537,9 @@ class CodecTask(TrainTask):
             return F.pad(wav, (0, self.segment - wav.shape[0])), 0
         start = 0
         if random:
-            if self.teacher is None:
+            if self.teacher is None and self.substitutes is None:
                 start = int(torch.randint(wav.shape[0] - self.segment + 1, (1,), generator=self.gen))
-            else:  # on a frame boundary, where the teacher's frames start
+            else:  # on a frame boundary, where the teacher's (or drawn codes') frames start
                 frames = (wav.shape[0] - self.segment) // self.mimi.frame_size + 1
                 start = int(torch.randint(frames, (1,), generator=self.gen)) * self.mimi.frame_size
         return wav[start : start + self.segment], start
@@ -507,13 +552,31 @@ class CodecTask(TrainTask):
         feats = self.teacher[path][first : first + n]
         return F.pad(feats, (0, 0, 0, n - feats.shape[0]))
 
-    def next_batch(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def _substitute_crop(self, path: Path, start: int) -> torch.Tensor:
+        """The drawn codes of a crop [K, frames], -1 where there are none (the true codes stay)."""
+        assert self.substitutes is not None
+        n = self.segment // self.mimi.frame_size
+        k = next(iter(self.substitutes.values())).shape[0]
+        first = start // self.mimi.frame_size
+        codes = self.substitutes.get(path, torch.full((k, 0), -1))[:, first : first + n]
+        return F.pad(codes, (0, n - codes.shape[1]), value=-1)
+
+    def next_batch(self) -> torch.Tensor | tuple[torch.Tensor, ...]:
         picks = [(self.files[i], *self._crop(self.files[i], random=True)) for i in self.order.next()]
         wav = torch.stack([crop for _, crop, _ in picks])[:, None].to(self.info.device)
-        if self.teacher is None:
+        teacher = None
+        if self.teacher is not None:
+            teacher = torch.stack([self._teacher_crop(path, start) for path, _, start in picks])
+            teacher = teacher.to(self.info.device)
+        substitute = None
+        if self.substitutes is not None:  # per batch: all of it decodes from the drawn codes, or none
+            draw = float(torch.rand((), generator=self.gen))
+            if draw < self.cfg.codec.substitute_prob:
+                substitute = torch.stack([self._substitute_crop(path, start) for path, _, start in picks])
+                substitute = substitute.to(self.info.device)
+        if teacher is None and substitute is None:
             return wav
-        teacher = torch.stack([self._teacher_crop(path, start) for path, _, start in picks])
-        return wav, teacher.to(self.info.device)
+        return wav, teacher, substitute
 
     def evaluate(self, module: nn.Module, rank: int, world: int) -> dict[str, tuple[float, float]]:
         sums = {"loss": [0.0, 0.0], "mel": [0.0, 0.0], "wave": [0.0, 0.0]}

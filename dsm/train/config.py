@@ -163,6 +163,12 @@ class CodecTrainConfig:
     # so that the decoder tolerates near misses such as a TTS model's drawn codes
     code_noise: float = 0.0
     code_noise_neighbours: int = 32
+    # with decoder_only: codes drawn by a TTS model for the training audio (`TtsTask.draw_audio_codes`; a
+    # safetensors file of [K, frames] int codes keyed by resolved audio path, -1 where none). A batch is,
+    # with probability ``substitute_prob``, decoded from its first K codebooks only, those codes put in place
+    # of the true ones: the decoder learns to make the true audio from what the TTS model draws
+    substitute_codes: str = ""
+    substitute_prob: float = 0.5
     # semantic distillation of the first codebook (`dsm.train.teacher`): a linear head maps its quantized
     # output to the teacher's features of the same 80 ms frame, loss = weight x (1 - cosine similarity)
     distill_features: str = ""  # safetensors of `dsm data teacher` for the training manifest
@@ -280,6 +286,7 @@ def _validate(cfg: TrainConfig) -> None:
         (0 <= cfg.stt.code_noise < 1, "[stt].code_noise must lie in [0, 1)"),
         (0 <= cfg.tts.code_noise < 1, "[tts].code_noise must lie in [0, 1)"),
         (cfg.tts.voice_pool >= 0, "[tts].voice_pool must be >= 0"),
+        (0 <= cfg.codec.substitute_prob <= 1, "[codec].substitute_prob must lie in [0, 1]"),
         (cfg.lora.rank >= 1, "[lora].rank must be >= 1"),
         (cfg.model.export_dtype in ("bfloat16", "float32"), "[model].export_dtype: bfloat16 or float32"),
     ]

@@ -30,6 +30,7 @@ from dsm.codec import MimiConfig, load_mimi
 from dsm.errors import InputError
 from dsm.lm.conditioners import ConditionAttributes, LUTConditioner, TensorCondition, TensorConditioner
 from dsm.lm.model import ZERO_TOKEN
+from dsm.nn.sampling import sample
 from dsm.train.codes_cache import CodesCache
 from dsm.train.dataset import LMItem
 from dsm.train.lm_task import LMTask
@@ -196,6 +197,26 @@ class TtsTask(LMTask):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.gen.set_state(state["gen"])
+
+    @torch.no_grad()
+    def draw_audio_codes(
+        self,
+        item: LMItem,
+        temperature: float = 0.6,
+        top_k: int = 250,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The item's audio codes [dep_q, frames] drawn from the model teacher-forced: each codebook of each
+        frame given the true history, text and lower codebooks (no condition dropout); -1 where the item has
+        no code. Frame f is the item's audio frame f (the audio delay removed): what the codec's decoder
+        gets from this model, aligned with the true audio (`[codec].substitute_codes` trains on it)."""
+        batch = self.make_batch([item], train=False)
+        out = self.lm(batch.codes, **self.module.conditions(batch))
+        n = self.lm.cfg.dep_q
+        logits = out.logits[0].float().nan_to_num(0.0)[:, self.delay_steps :]
+        drawn = sample(logits, temperature, top_k, generator)
+        truth = batch.codes[0, 1 : 1 + n, self.delay_steps :]
+        return torch.where(truth >= 0, drawn, torch.full_like(drawn, -1))[:, : item.frames]
 
     def export_updates(self) -> dict[str, Any]:
         raw = dict(self.setup.raw_config.get("tts_config") or {})
