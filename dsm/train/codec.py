@@ -340,15 +340,11 @@ class CodecTrainModule(nn.Module):
         emb = m.decoder_transformer(emb)
         return m.decoder(emb), commit, first
 
-    def forward(self, batch: torch.Tensor | tuple[torch.Tensor | None, ...]):
+    def forward(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]):
         """`batch`: audio [B, 1, T], or (audio, teacher features [B, frames, D] or None, substitute codes
         [B, K, frames] or None): distillation targets, and the codes to decode from instead of the true
         first K (`CodecTask.next_batch`)."""
-        if isinstance(batch, tuple):
-            wav, teacher, substitute = (*batch, None)[:3]
-        else:
-            wav, teacher, substitute = batch, None, None
-        assert wav is not None
+        wav, teacher, substitute = batch if isinstance(batch, tuple) else (batch, None, None)
         n_total = self.mimi.total_codebooks
         n_q = n_total
         if substitute is not None:
@@ -561,7 +557,7 @@ class CodecTask(TrainTask):
         codes = self.substitutes.get(path, torch.full((k, 0), -1))[:, first : first + n]
         return F.pad(codes, (0, n - codes.shape[1]), value=-1)
 
-    def next_batch(self) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def next_batch(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         picks = [(self.files[i], *self._crop(self.files[i], random=True)) for i in self.order.next()]
         wav = torch.stack([crop for _, crop, _ in picks])[:, None].to(self.info.device)
         teacher = None
