@@ -2,7 +2,7 @@
 
     python benchmarks/bundled_eval.py stt MANIFEST [--split test] [--per-speaker 40] [--model DIR]
     python benchmarks/bundled_eval.py tts MANIFEST [--split test] [--sentences 30] [--out DIR]
-        [--model DIR] [--mimi-weight FILE] [--n-q N] [--cfg-coef C] [--temperature T]
+        [--model DIR] [--mimi-weight FILE] [--n-q N] [--cfg-coef C] [--temperature T] [--soft-decode]
     python benchmarks/bundled_eval.py real [--clips DIR] [--model DIR]
 
 - ``stt``: the bundled STT on held-out utterances of an aligned manifest, corpus WER per speaker (dsm's
@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--n-q", type=int, default=None, help="codebooks generated and decoded (default: all)")
     t.add_argument("--model", default=None, help="TTS model directory or repo (default: the bundled one)")
     t.add_argument("--mimi-weight", default=None, help="decode with this codec instead of the model's")
+    t.add_argument(
+        "--soft-decode", action="store_true", default=None, help="decode codebooks 1+ as mean code vectors"
+    )
     r = sub.add_parser("real")
     r.add_argument("--clips", type=Path, nargs="*", default=None)
     r.add_argument("--model", default=None, help="STT model directory or repo (default: the bundled one)")
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_q": args.n_q,
             "hf_repo": args.model,
             "mimi_weight": args.mimi_weight,
+            "soft_decode": args.soft_decode,
         }
         options = {k: v for k, v in options.items() if v is not None}
         res = eval_tts(args.manifest, args.split, args.sentences, args.out, args.seed, **options)

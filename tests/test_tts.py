@@ -194,6 +194,37 @@ def test_stream_with_words_arriving_equals_synthesize(assets, fast):
     assert on_frame.time_to_first_audio is not None
 
 
+def test_soft_decode(assets):
+    """`soft_decode`: codebooks 1+ decoded as their code vectors averaged under the model's distribution.
+    The drawn codes (and so generation) are unchanged; with peaked logits and greedy draws the mean
+    vector is the drawn code's own, so the audio is the hard decoding's (each codebook taken from the
+    step at which it was sampled); with the model's flat logits it differs; frame by frame it equals the
+    one-shot decoding."""
+    synth = load(assets, n_q=8, soft_decode=True)
+    text = "Music in the garden, every night!"
+    soft = synth.synthesize(text, VOICE, seed=2)
+    configure(synth, soft_decode=False)
+    hard = synth.synthesize(text, VOICE, seed=2)
+    assert torch.equal(soft.codes, hard.codes) and soft.words == hard.words
+    assert soft.audio.shape == hard.audio.shape
+    assert np.abs(soft.audio - hard.audio).max() > 1e-3
+    configure(synth, soft_decode=True)
+    frames = []
+    streamed = synth.synthesize(text, VOICE, seed=2, on_frame=frames.append)
+    assert torch.equal(streamed.codes, soft.codes)
+    np.testing.assert_allclose(np.concatenate([f.audio for f in frames]), soft.audio, atol=1e-4)
+
+    with torch.no_grad():
+        for head in synth.lm.linears:
+            head.weight.mul_(1e4)
+    configure(synth, temperature=0.0)
+    peaked = synth.synthesize(text, VOICE)
+    configure(synth, soft_decode=False)
+    peaked_hard = synth.synthesize(text, VOICE)
+    assert torch.equal(peaked.codes, peaked_hard.codes)
+    np.testing.assert_allclose(peaked.audio, peaked_hard.audio, atol=1e-5)
+
+
 def test_fast_kernels_agree_with_exact(assets, exact, fast):
     old = configure(exact, n_q=8, temperature=0.0)
     old_fast = configure(fast, temperature=0.0)

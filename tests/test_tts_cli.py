@@ -59,13 +59,15 @@ def args(repo, *extra):
     ]
 
 
-def test_wav_output_equals_python_api(repo, tmp_path):
+@pytest.mark.parametrize("soft", [False, True])
+def test_wav_output_equals_python_api(repo, tmp_path, soft):
     text_file = tmp_path / "in.txt"
     text_file.write_text(TEXT + "\n")
     out = tmp_path / "out.wav"
-    assert main(args(repo, str(text_file), str(out), "--seed", "4", "--voice", tts_assets.VOICES[1])) == 0
+    flags = ["--seed", "4", "--voice", tts_assets.VOICES[1]] + (["--soft-decode"] if soft else [])
+    assert main(args(repo, str(text_file), str(out), *flags)) == 0
     synth = Synthesizer.from_checkpoint(
-        repo["repo"], dtype=torch.float32, voice_repo=str(repo["voices"]), n_q=8
+        repo["repo"], dtype=torch.float32, voice_repo=str(repo["voices"]), n_q=8, soft_decode=soft
     )
     expected = synth.synthesize(TEXT + "\n", tts_assets.VOICES[1], seed=4)
     wav, sr = sf.read(str(out), dtype="float32")

@@ -107,6 +107,7 @@ def load_synthesizer(args: argparse.Namespace) -> Synthesizer:
         temperature=args.temp,
         cfg_coef=args.cfg_coef,
         padding_bonus=args.padding_bonus,
+        soft_decode=args.soft_decode,
     )
     log.info("loaded the TTS model on %s in %.2f s", args.device, time.perf_counter() - start)
     return synth
@@ -281,5 +282,11 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     gen.add_argument("--cfg-coef", type=float, default=2.0, help="guidance strength (default 2.0)")
     gen.add_argument(
         "--padding-bonus", type=float, default=0.0, help="> 0 speaks slower, < 0 faster (default 0)"
+    )
+    gen.add_argument(
+        "--soft-decode",
+        action="store_true",
+        help="decode codebooks 1+ as code vectors averaged under the model's distribution, not the drawn "
+        "codes (clearer speech from a small model unsure of its acoustic codebooks)",
     )
     gen.add_argument("--seed", type=int, default=None, help="random seed for reproducible output")

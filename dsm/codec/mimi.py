@@ -402,12 +402,20 @@ class MimiStreamingDecoder(_Stream):
     @torch.inference_mode()
     def step(self, codes: torch.Tensor, active=None) -> torch.Tensor:
         """codes [B, K, k] -> wav [B, 1, k * 1920]. Streams not in `active` keep their state."""
-        mimi = self.mimi
         if codes.dim() == 3 and codes.shape[0] != self.batch_size:
             raise InputError(f"expected {self.batch_size} streams, got a batch of {codes.shape[0]}")
+        return self.step_latent(self.mimi.decode_latent(codes.to(self.device)), active)
+
+    @torch.inference_mode()
+    def step_latent(self, latent: torch.Tensor, active=None) -> torch.Tensor:
+        """A quantizer-side latent [B, 512, k] (`Mimi.decode_latent`'s, or any other, e.g. code vectors
+        averaged under a model's distribution) -> wav [B, 1, k * 1920]."""
+        mimi = self.mimi
+        if latent.dim() != 3 or latent.shape[0] != self.batch_size:
+            raise InputError(f"expected a latent [{self.batch_size}, C, frames], got {list(latent.shape)}")
         mask = self._active(active)
         up, tr, dec = self.states
-        emb = mimi.upsample(mimi.decode_latent(codes.to(self.device)), up, mask)
+        emb = mimi.upsample(latent.to(self.device, mimi.dtype), up, mask)
         emb = mimi.decoder_transformer(emb, tr, mask)
-        self._advance(mask, codes.shape[-1])
+        self._advance(mask, latent.shape[-1])
         return mimi.decoder(emb, dec, mask)

@@ -61,7 +61,10 @@ class LMGen:
     attention in another dtype than the model's (not exact then). `quantize` (one of
     `dsm.nn.quant.KINDS`, CPU) runs the products of the streaming step on converted weights
     (`dsm.nn.quant`; the model keeps its own weights, converted copies are shared by every generator
-    of the model).
+    of the model). Hooks: `on_text_logits(logits [B, V])` may edit the text logits in place before the
+    text is sampled, `on_text(tokens [B])` may replace the sampled text, `on_audio(tokens [B, dep_q])` the
+    audio; `on_audio_logits(codebook, logits [B, card])` sees each audio codebook's logits (CFG applied)
+    before it is sampled.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class LMGen:
         on_text_logits: Callable[[torch.Tensor], None] | None = None,
         on_text: Callable[[torch.Tensor], None] | None = None,
         on_audio: Callable[[torch.Tensor], None] | None = None,
+        on_audio_logits: Callable[[int, torch.Tensor], None] | None = None,
     ):
         if batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {batch_size}")
@@ -100,6 +104,7 @@ class LMGen:
         if not 0 <= self.dep_q <= cfg.dep_q:
             raise InputError(f"dep_q must be between 0 and {cfg.dep_q}, got {dep_q}")
         self.on_text_logits, self.on_text, self.on_audio = on_text_logits, on_text, on_audio
+        self.on_audio_logits = on_audio_logits
         device = model.device
         self.device = device
         self.delays = torch.tensor(cfg.delays, dtype=torch.long, device=device)
@@ -298,10 +303,7 @@ class LMGen:
             x = model.depformer_input(c, hidden, prev[:, None])
             out = model.depformer(x, state)
             logits = model.depformer_logits(c, out)[:, 0]
-            if self.uses_cfg:
-                cond, null = logits.chunk(2)
-                logits = null + (cond - null) * self.cfg_coef
-            previous = self._sample(logits.float(), self.temp, self.top_k)
+            previous = self._pick_audio(c, logits)
             tokens.append(previous)
         out = torch.stack(tokens, dim=1)
         return torch.nn.functional.pad(out, (0, self.dep_q - count), value=ZERO_TOKEN)
@@ -311,4 +313,6 @@ class LMGen:
         if self.uses_cfg:
             cond, null = logits.chunk(2)
             logits = null + (cond - null) * self.cfg_coef
+        if self.on_audio_logits is not None:
+            self.on_audio_logits(codebook, logits)
         return self._sample(logits.float(), self.temp, self.top_k)

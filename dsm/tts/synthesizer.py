@@ -117,7 +117,10 @@ class Synthesizer:
     transformer's in float32), skip the codebooks still inside their acoustic delay and keep the
     cross-attention keys and values of the last `cross_cache_size` voices, so a voice used again starts
     sooner. `quantize` (one of `dsm.nn.quant.KINDS`: "fp16", "int8", "w8a8", "int4"; CPU) runs the
-    streaming products on converted weights (`dsm.nn.quant`).
+    streaming products on converted weights (`dsm.nn.quant`). `soft_decode=True` decodes codebooks 1+ as
+    their code vectors averaged under the model's distribution (softmax of its logits, CFG applied)
+    instead of the drawn codes, which still drive generation and are returned: a mean prediction the
+    decoder hears more clearly when the model is unsure of its acoustic codebooks (a small model).
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class Synthesizer:
         exact: bool = False,
         cross_cache_size: int = 4,
         quantize: str | None = None,
+        soft_decode: bool = False,
     ) -> None:
         cfg = lm.cfg
         if cfg.dep_q == 0:
@@ -177,6 +181,7 @@ class Synthesizer:
         self.max_words_per_chunk = max_words_per_chunk
         self.exact = exact
         self.quantize = quantize
+        self.soft_decode = soft_decode
         quantized_products(lm, quantize, exact)  # fails now (kind, device, exact), not at the first run
         self.machine = StateMachine(
             cfg.text_card + 1, tts_config.second_stream_ahead, max_padding, initial_padding
@@ -511,18 +516,26 @@ class _Run:
             on_text_logits=self._on_text_logits,
             on_text=self._on_text,
             on_audio=self._on_audio,
+            on_audio_logits=self._on_audio_logits if synth.soft_decode else None,
         )
         self.decoder = synth.mimi.streaming_decoder(B, exact=synth.exact) if audio == "stream" else None
         device = lm.device
         self.inputs = torch.full((B, self.gen.needed_inputs), ZERO, dtype=torch.long, device=device)
         self.no_depformer = torch.full((B, synth.n_q), ZERO, dtype=torch.long, device=device)
-        delays = torch.tensor(lm.cfg.delays[1 : 1 + synth.n_q], device=device)
+        self.delays = lm.cfg.delays[1 : 1 + synth.n_q]
+        delays = torch.tensor(self.delays, device=device)
         self.audio_start = delays + synth.delay_steps  # first step at which codebook q is generated
         self.audio_start_list = self.audio_start.tolist()
         self.max_delay = lm.cfg.max_delay
         self.offset = 0
         self.logged: list[list[tuple[int, int]]] = [[] for _ in states]
         self.codes: list[torch.Tensor] = []  # per audio frame, [B, n_q]
+        # soft_decode: the code vectors [n_q, bins, C]; per step, codebook q's mean vector [B, n_q, C]
+        # (as sampled, before un-delaying); per audio frame, the latent to decode [B, C]
+        self.vectors = synth.mimi.quantizer.code_vectors()[: synth.n_q].float() if synth.soft_decode else None
+        self.soft_steps: list[torch.Tensor] = []
+        self.soft_step: torch.Tensor | None = None
+        self.latents: list[torch.Tensor] = []
         self.audio: list[np.ndarray] = []  # per audio frame, [B, 1920]
         self.first_audio: float | None = None
 
@@ -541,6 +554,23 @@ class _Run:
 
     def _on_audio(self, audio: torch.Tensor) -> None:
         audio.masked_fill_((self.offset < self.audio_start)[None, :], ZERO)
+
+    def _on_audio_logits(self, codebook: int, logits: torch.Tensor) -> None:
+        assert self.vectors is not None and self.soft_step is not None
+        if codebook > 0:
+            bins = self.vectors.shape[1]
+            probs = torch.softmax(logits[:, :bins].float(), -1).to(self.vectors.device)
+            self.soft_step[:, codebook] = probs @ self.vectors[codebook]
+
+    def _soft_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """The latent [B, C] of the frame just un-delayed: codebook 0's drawn code vector plus the mean
+        vectors of codebooks 1+, each from the step at which it was sampled."""
+        assert self.vectors is not None
+        step = self.offset - 1 - self.max_delay
+        latent = self.vectors[0][codes[:, 0].clamp(min=0).to(self.vectors.device)]
+        for q in range(1, self.synth.n_q):
+            latent = latent + self.soft_steps[step + self.delays[q]][:, q]
+        return latent
 
     # -- stepping ----------------------------------------------------------------------------------
     @property
@@ -570,7 +600,12 @@ class _Run:
             started = [q for q, start in enumerate(self.audio_start_list) if self.offset >= start]
             if started and started[-1] + 1 < self.synth.n_q:
                 codebooks = started[-1] + 1
+        if self.vectors is not None:
+            n_q, _, dim = self.vectors.shape
+            self.soft_step = torch.zeros(len(self.states), n_q, dim, device=self.vectors.device)
         out = self.gen.step(self.inputs, audio_override=override, depformer_codebooks=codebooks)
+        if self.soft_step is not None:
+            self.soft_steps.append(self.soft_step)
         self.offset += 1
         frame = self.offset - 1 - self.max_delay  # code time of out.tokens
         if frame < self.synth.delay_steps:
@@ -578,9 +613,15 @@ class _Run:
         codes = out.tokens[:, 1:]
         index = len(self.codes)
         self.codes.append(codes.cpu())
+        if self.vectors is not None:
+            self.latents.append(self._soft_latent(codes))
         if self.decoder is None:
             return None
-        pcm = self.decoder.step(codes[..., None]).clamp(-1, 1)[:, 0].float().cpu().numpy()
+        if self.latents:
+            pcm = self.decoder.step_latent(self.latents[-1][..., None])
+        else:
+            pcm = self.decoder.step(codes[..., None])
+        pcm = pcm.clamp(-1, 1)[:, 0].float().cpu().numpy()
         if self.first_audio is None:
             self.first_audio = time.perf_counter() - self.started
         self.audio.append(pcm)
@@ -622,7 +663,11 @@ class _Run:
         else:  # one-shot decoding gives the streaming decoder's audio up to float rounding, faster
             mimi = self.synth.mimi
             with torch.inference_mode():
-                wav = mimi.decode(codes[None].to(next(mimi.parameters()).device)).clamp(-1, 1)
+                if self.latents:
+                    latent = torch.stack([x[b] for x in self.latents[:n]], dim=-1)[None]
+                    wav = mimi.decode_from_latent(latent).clamp(-1, 1)
+                else:
+                    wav = mimi.decode(codes[None].to(next(mimi.parameters()).device)).clamp(-1, 1)
             audio = wav[0, 0].float().cpu().numpy()
         return Synthesis(
             audio=audio.astype(np.float32),
