@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -530,10 +530,10 @@ class _Run:
         self.offset = 0
         self.logged: list[list[tuple[int, int]]] = [[] for _ in states]
         self.codes: list[torch.Tensor] = []  # per audio frame, [B, n_q]
-        # soft_decode: the code vectors [n_q, bins, C]; per step, codebook q's mean vector [B, n_q, C]
-        # (as sampled, before un-delaying); per audio frame, the latent to decode [B, C]
+        # soft_decode: the code vectors [n_q, bins, C]; for the last max_delay + 1 steps, codebook q's mean
+        # vector [B, n_q, C] (as sampled, before un-delaying); per audio frame, the latent to decode [B, C]
         self.vectors = synth.mimi.quantizer.code_vectors()[: synth.n_q].float() if synth.soft_decode else None
-        self.soft_steps: list[torch.Tensor] = []
+        self.soft_steps: deque[torch.Tensor] = deque(maxlen=self.max_delay + 1)
         self.soft_step: torch.Tensor | None = None
         self.latents: list[torch.Tensor] = []
         self.audio: list[np.ndarray] = []  # per audio frame, [B, 1920]
@@ -565,11 +565,10 @@ class _Run:
     def _soft_latent(self, codes: torch.Tensor) -> torch.Tensor:
         """The latent [B, C] of the frame just un-delayed: codebook 0's drawn code vector plus the mean
         vectors of codebooks 1+, each from the step at which it was sampled."""
-        assert self.vectors is not None
-        step = self.offset - 1 - self.max_delay
+        assert self.vectors is not None and len(self.soft_steps) == self.max_delay + 1
         latent = self.vectors[0][codes[:, 0].clamp(min=0).to(self.vectors.device)]
-        for q in range(1, self.synth.n_q):
-            latent = latent + self.soft_steps[step + self.delays[q]][:, q]
+        for q in range(1, self.synth.n_q):  # the newest step is the frame's + max_delay
+            latent = latent + self.soft_steps[self.delays[q]][:, q]
         return latent
 
     # -- stepping ----------------------------------------------------------------------------------
