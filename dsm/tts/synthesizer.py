@@ -616,7 +616,7 @@ class _Run:
             self.latents.append(self._soft_latent(codes))
         if self.decoder is None:
             return None
-        if self.latents:
+        if self.vectors is not None:
             pcm = self.decoder.step_latent(self.latents[-1][..., None])
         else:
             pcm = self.decoder.step(codes[..., None])
@@ -662,7 +662,7 @@ class _Run:
         else:  # one-shot decoding gives the streaming decoder's audio up to float rounding, faster
             mimi = self.synth.mimi
             with torch.inference_mode():
-                if self.latents:
+                if self.vectors is not None:  # soft_decode
                     latent = torch.stack([x[b] for x in self.latents[:n]], dim=-1)[None]
                     wav = mimi.decode_from_latent(latent).clamp(-1, 1)
                 else:
