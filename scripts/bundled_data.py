@@ -5,6 +5,7 @@
     python scripts/bundled_data.py tokenizer MANIFEST OUT.model [--vocab 1000]
     python scripts/bundled_data.py speed MANIFEST OUT_DIR --speaker S --factor 1.2 --name NEW [--workers 2]
     python scripts/bundled_data.py tts-codes TTS_CONFIG OUT.safetensors [--checkpoint PATH] [--temperature T]
+        [--soft]
     python scripts/bundled_data.py ship-codec EXPORT_DIR              # -> dsm/models/codec
     python scripts/bundled_data.py ship-lm {stt,tts} EXPORT_DIR [--voice NAME=AUDIO ...]  # -> dsm/models/KIND
 
@@ -147,6 +148,14 @@ def ship_codec(export: Path, out: Path) -> None:
     config = read_mimi_config(export / CONFIG_NAME)
     (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     print(f"codec -> {out} ({(out / WEIGHTS_NAME).stat().st_size / 1e6:.1f} MB)")
+    for kind in ("stt", "tts"):  # the shipped models beside it load it with the architecture in their config
+        lm_config = out.parent / kind / "config.json"
+        if lm_config.is_file():
+            raw = json.loads(lm_config.read_text())
+            if "mimi_config" in raw and raw["mimi_config"] != config.to_dict():
+                raw["mimi_config"] = config.to_dict()
+                lm_config.write_text(json.dumps(raw, indent=2) + "\n")
+                print(f"{lm_config}: mimi_config updated")
 
 
 def voice_clip(manifest: Path, speaker: str, seconds: float) -> Path:
@@ -199,10 +208,12 @@ def tts_codes(
     top_k: int,
     seed: int,
     limit: int | None = None,
+    soft: bool = False,
 ) -> int:
     """The audio codes a TTS run's model draws, teacher-forced, for each of its training utterances
     (`TtsTask.draw_audio_codes`; at most ``limit``, evenly spread), keyed by resolved audio path:
-    `[codec].substitute_codes` for a decoder fine-tuned on them. Returns how many utterances."""
+    `[codec].substitute_codes` for a decoder fine-tuned on them. With ``soft``, the expected acoustic
+    codewords instead (`TtsTask.expected_acoustic_codewords`, float16). Returns how many utterances."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -217,12 +228,15 @@ def tts_codes(
     items = task.train_items
     if limit is not None and limit < len(items):
         items = [items[i * len(items) // limit] for i in range(limit)]
-    codes = {
-        str(item.audio.resolve()): task.draw_audio_codes(item, temperature, top_k, gen).to(torch.int16)
-        for item in tqdm(items, desc="drawing codes", unit="utt")
-    }
+    codes = {}
+    for item in tqdm(items, desc="expected codewords" if soft else "drawing codes", unit="utt"):
+        if soft:
+            value = task.expected_acoustic_codewords(item).to(torch.float16)
+        else:
+            value = task.draw_audio_codes(item, temperature, top_k, gen).to(torch.int16)
+        codes[str(item.audio.resolve())] = value.contiguous()
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in codes.items()}, str(out))
+    save_file(codes, str(out), metadata={"n_q": str(task.lm.cfg.dep_q)})
     return len(codes)
 
 
@@ -261,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     tc.add_argument("--top-k", type=int, default=250)
     tc.add_argument("--seed", type=int, default=0)
     tc.add_argument("--limit", type=int, default=None, help="at most this many utterances (evenly spread)")
+    tc.add_argument(
+        "--soft", action="store_true", help="expected acoustic codewords (soft decoding's), not drawn codes"
+    )
     c = sub.add_parser("ship-codec", help="write the trained codec into the package")
     c.add_argument("export", type=Path)
     c.add_argument("--out", type=Path, default=None, help="default: dsm/models/codec")
@@ -295,8 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n} utterances -> {args.out_dir / 'manifest.jsonl'}")
     elif args.cmd == "tts-codes":
         cfg = load_config(args.config, "tts")
-        n = tts_codes(cfg, args.out, args.checkpoint, args.temperature, args.top_k, args.seed, args.limit)
-        print(f"drawn codes of {n} utterances -> {args.out}")
+        n = tts_codes(
+            cfg, args.out, args.checkpoint, args.temperature, args.top_k, args.seed, args.limit, args.soft
+        )
+        print(f"{'expected codewords' if args.soft else 'drawn codes'} of {n} utterances -> {args.out}")
     elif args.cmd == "ship-codec":
         ship_codec(args.export, args.out or ROOT / "codec")
     else:

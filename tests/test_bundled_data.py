@@ -66,7 +66,8 @@ def test_speed_perturbation_scales_pitch_tempo_and_word_times(tmp_path, factor):
 
 def test_ship_codec_stores_bfloat16_and_keeps_codes(tmp_path):
     """Shipping casts the codec to bfloat16 but its codebooks: a shipped codec picks the same codes as
-    the float32 export and decodes them within bfloat16 rounding."""
+    the float32 export and decodes them within bfloat16 rounding. A shipped STT beside it gets its
+    architecture (its config's mimi_config)."""
     import json
 
     import torch
@@ -90,7 +91,12 @@ def test_ship_codec_stores_bfloat16_and_keeps_codes(tmp_path):
     export.mkdir()
     save_mimi(model, export / WEIGHTS_NAME)
     (export / CONFIG_NAME).write_text(json.dumps(config.to_dict()))
+    (tmp_path / "stt").mkdir()  # a shipped STT beside it, its config naming an older codec architecture
+    older = MimiConfig(seanet=SeanetConfig(n_filters=2, dimension=32)).to_dict()
+    (tmp_path / "stt" / "config.json").write_text(json.dumps({"dim": 8, "mimi_config": older}))
     bundled_data.ship_codec(export, tmp_path / "shipped")
+    stt = json.loads((tmp_path / "stt" / "config.json").read_text())
+    assert stt == {"dim": 8, "mimi_config": config.to_dict()}
 
     shipped = load_file(str(tmp_path / "shipped" / WEIGHTS_NAME))
     books = [k for k in shipped if "_codebook." in k]
@@ -132,3 +138,12 @@ def test_tts_codes_writes_what_the_codec_trainer_reads(tmp_path):
     for key, value in codes.items():
         assert value.dtype == torch.int16 and value.shape == (task.lm.cfg.dep_q, frames[key])
         assert int(value.min()) >= -1 and int(value.max()) < task.lm.cfg.card
+    soft = tmp_path / "soft.safetensors"
+    assert bundled_data.tts_codes(cfg, soft, None, 0.6, 250, 0, limit=3, soft=True) == 3
+    from safetensors import safe_open
+
+    with safe_open(str(soft), "pt") as f:
+        assert f.metadata() == {"n_q": str(task.lm.cfg.dep_q)}
+    dim = task.setup.mimi.quantizer.rvq_rest.vq.layers[0]._codebook.embedding.shape[1]
+    for key, value in load_file(str(soft)).items():
+        assert value.dtype == torch.float16 and value.shape == (dim, frames[key])

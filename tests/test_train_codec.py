@@ -7,11 +7,12 @@ import copy
 
 import pytest
 import torch
+from torch.nn import functional as F
 from train_fixtures import TINY_MIMI, codec_config_dict, make_assets
 
 from dsm.audio import read_audio
-from dsm.codec import MimiConfig, load_mimi
-from dsm.errors import InputError
+from dsm.codec import Mimi, MimiConfig, load_mimi
+from dsm.errors import CheckpointError, InputError
 from dsm.train.codec import CodecTask
 from dsm.train.config import parse_config
 from dsm.train.loop import DistInfo
@@ -51,6 +52,45 @@ def test_decoder_only_with_code_noise_keeps_the_codes(trained, tmp_path):
     decoder_side = [k for k in a if k.startswith(("decoder", "upsample"))]
     assert encoder_side and all(torch.equal(a[k], b[k]) for k in encoder_side)
     assert any(not torch.equal(a[k], b[k]) for k in decoder_side)
+
+
+def test_widened_decoder_starts_as_the_narrow_one(trained, tmp_path):
+    """A decoder-only stage with a wider SEANet decoder (``seanet.decoder_n_filters``) starts from the
+    init's decoder widened (Net2Net: the same function up to the symmetry-breaking noise), keeps every code,
+    and exports a codec that `load_mimi` reads back by its mimi_config.json."""
+    from dsm.train.codec import load_init_codec, widen_decoder
+
+    assets, init = trained
+    wide = ARCH | {"seanet": ARCH["seanet"] | {"decoder_n_filters": 12}}
+    narrow = load_mimi(init, config=MimiConfig.from_dict(ARCH)).eval()
+    widened, levels = load_init_codec(init, MimiConfig.from_dict(wide), "cpu")
+    assert levels == 4
+    assert (
+        widened.decoder.model[0].conv.conv.out_channels == 3 * narrow.decoder.model[0].conv.conv.out_channels
+    )
+    wav = torch.from_numpy(read_audio(str(next(assets["manifest"].parent.rglob("*.wav")))))[None, None]
+    with torch.no_grad():
+        codes = narrow.encode(wav)
+        assert torch.equal(widened.eval().encode(wav), codes)
+        before = narrow.decode(codes)
+        torch.testing.assert_close(
+            widened.decode(codes), before, rtol=0.0, atol=0.02 * float(before.abs().max())
+        )
+        exact = Mimi(MimiConfig.from_dict(wide)).eval()
+        state = {k: v.float() for k, v in narrow.state_dict().items()}
+        exact.load_state_dict(widen_decoder(state, 3, noise=0.0))
+        torch.testing.assert_close(exact.decode(codes), before, rtol=1e-4, atol=1e-5)
+
+    cfg = _decoder_config(assets, init, tmp_path / "w", arch=wide)
+    train(cfg)
+    exported = load_mimi(tmp_path / "w" / "export")
+    assert exported.cfg.seanet.decoder_n_filters == 12 and exported.cfg.seanet.n_filters == 4
+    with torch.no_grad():
+        assert torch.equal(exported.encode(wav), codes)
+    with pytest.raises(CheckpointError, match="cannot be widened"):
+        load_init_codec(
+            init, MimiConfig.from_dict(ARCH | {"seanet": ARCH["seanet"] | {"decoder_n_filters": 6}}), "cpu"
+        )
 
 
 def test_code_noise_draws_among_the_nearest_codewords(trained, tmp_path):
@@ -178,6 +218,71 @@ def test_substitute_codes_are_what_the_decoder_decodes(trained, tmp_path):
         torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder", "downsample")) or "_codebook" in k
     )
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder"))
+
+
+def test_expected_codewords_are_what_the_decoder_decodes(trained, tmp_path):
+    """Soft substitutes (float [codebook_dim, frames], metadata n_q = K): a batch holds each crop's expected
+    acoustic codewords (NaN past the file's end), and the decoder decodes the true codebook 0 plus them in
+    place of the true codebooks 1 .. K - 1: when they are the codewords of some codes, exactly what decoding
+    those codes gives."""
+    from safetensors.torch import save_file
+
+    assets, init = trained
+    task = CodecTask(_decoder_config(assets, init, tmp_path / "probe"), DistInfo())
+    drawn = _substitutes(task, tmp_path / "codes.safetensors", k=3)
+    rvq = task.mimi.quantizer.rvq_rest
+    soft = {}
+    with torch.no_grad():
+        for key, codes in drawn.items():
+            words = rvq.sum_codewords(codes[None, 1:].long().clamp_min(0))[0]
+            soft[key] = words.masked_fill(codes[0] < 0, float("nan")).contiguous()
+    save_file(soft, str(tmp_path / "soft.safetensors"), metadata={"n_q": "3"})
+    cfg = _decoder_config(
+        assets, init, tmp_path / "s", substitute_codes=str(tmp_path / "soft.safetensors"), substitute_prob=1.0
+    )
+    task = CodecTask(cfg, DistInfo())
+    assert task.module.soft_levels == 3
+    wav, _, substitute = task.next_batch()
+    n = task.segment // task.mimi.frame_size
+    assert substitute.dtype == torch.float32 and substitute.shape == (
+        wav.shape[0],
+        rvq.vq.layers[0]._codebook.embedding.shape[1],
+        n,
+    )
+    file = task.files[0]
+    stored = soft[str(file.resolve())]
+    tail = task._substitute_crop(file, (stored.shape[1] - 1) * task.mimi.frame_size)
+    torch.testing.assert_close(tail[:, 0], stored[:, -1], equal_nan=True)
+    assert bool(tail[:, 1:].isnan().all())
+
+    crops = [task._crop(f, random=False) for f in task.files[:2]]
+    wav = torch.stack([c for c, _ in crops])[:, None]
+    picked = torch.stack([task._substitute_crop(f, 0) for f in task.files[:2]])
+    codes = torch.stack(
+        [
+            F.pad(
+                drawn[str(f.resolve())][:, :n].long(),
+                (0, max(0, n - drawn[str(f.resolve())].shape[1])),
+                value=-1,
+            )
+            for f in task.files[:2]
+        ]
+    )
+    module = task.module.eval()
+    with torch.no_grad():
+        y, _, _ = module.reconstruct(wav, 3, update=False, substitute=picked)
+        true = task.mimi.quantizer.encode(
+            task.mimi.downsample(task.mimi.encoder_transformer(task.mimi.encoder(wav))), 3
+        )
+        hard = torch.cat([true[:, :1], torch.where(codes[:, 1:] >= 0, codes[:, 1:], true[:, 1:])], 1)
+        expected = task.mimi.decode(hard)
+    assert (codes[:, 1:] >= 0).any() and (codes[:, 1:] < 0).any()
+    torch.testing.assert_close(y, expected, rtol=1e-3, atol=1e-4)
+
+    save_file(soft, str(tmp_path / "bare.safetensors"))
+    bare = _decoder_config(assets, init, tmp_path / "b", substitute_codes=str(tmp_path / "bare.safetensors"))
+    with pytest.raises(InputError, match="metadata n_q"):
+        CodecTask(bare, DistInfo())
 
 
 def test_substitute_codes_need_decoder_only_and_matching_files(trained, tmp_path):

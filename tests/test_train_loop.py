@@ -468,8 +468,9 @@ def test_bundled_recipe_configs_parse(path):
     cfg = load_config(path, kind)
     assert cfg.out_dir.parent.name == "bundled" and cfg.out_dir.parent.parent.name == "runs"
     if kind == "codec":
-        sixteen = path.stem in ("codec_16", "codec_adv", "codec_tts")  # the stages with codebooks 9-16
-        assert MimiConfig.from_dict(cfg.codec.arch).n_q == (16 if sixteen else 8)
+        eight = path.stem in ("codec", "codec_decoder", "codec_distill", "codec_wide", "codec_all")
+        # codec_16 and the stages that start from it have codebooks 9-16
+        assert MimiConfig.from_dict(cfg.codec.arch).n_q == (8 if eight else 16)
     else:
         lm = LMConfig.from_kyutai(cfg.model.arch)
         assert MimiConfig.from_dict(cfg.model.mimi_config).n_q >= lm.n_q
@@ -499,3 +500,29 @@ def test_tts_draw_audio_codes_is_teacher_forced(assets, tmp_path):
     assert torch.equal(greedy, expected) and int(greedy.min()) >= 0
     drawn = [task.draw_audio_codes(item, 1.0, 0, torch.Generator().manual_seed(3)) for _ in range(2)]
     assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], greedy)
+
+
+def test_tts_expected_acoustic_codewords_are_soft_decodings_latent(assets, tmp_path):
+    """`TtsTask.expected_acoustic_codewords`: through the acoustic quantizer's output projection, the sum
+    over codebooks 1+ of each one's code vectors averaged under the teacher-forced distribution (what soft
+    decoding hands the decoder), at the item's audio frames."""
+    from dsm.train.loop import DistInfo
+    from dsm.train.run import build_task
+
+    raw = tts_config_dict(assets, tmp_path / "run", tts={"condition_dropout": 0.0})
+    task = build_task(cfg_of(raw, "tts", tmp_path), DistInfo())
+    task.module.eval()
+    item = task.train_items[0]
+    mean = task.expected_acoustic_codewords(item)
+    quant = task.setup.mimi.quantizer
+    assert mean.shape == (quant.rvq_rest.vq.layers[0]._codebook.embedding.shape[1], item.frames)
+    assert bool(mean.isfinite().all())
+    logits, truth = task.teacher_forced_logits(item)
+    n = task.lm.cfg.dep_q
+    vectors = quant.code_vectors()[1:n].float()  # [n - 1, bins, C]
+    probs = torch.softmax(logits[1:, :, : vectors.shape[1]], -1)
+    expected = torch.einsum("qtb,qbc->ct", probs, vectors)
+    with torch.no_grad():
+        got = quant.rvq_rest.output_proj(mean[None])[0]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(truth, item.codes[:n])

@@ -73,6 +73,8 @@ class MimiConfig:
         """The fields as plain JSON/TOML values (`from_dict` reads them back)."""
         out = asdict(self)
         out["seanet"]["ratios"] = list(self.seanet.ratios)
+        if not self.seanet.decoder_n_filters:  # the encoder's width: Kyutai's configs have no such key
+            del out["seanet"]["decoder_n_filters"]
         return out
 
     @property

@@ -118,13 +118,18 @@ class ResidualVQ(nn.Module):
             codes.append(idx)
         return torch.stack(codes, dim=1)
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, K, T] (K <= max_n_q) -> latent [B, C_out, T], summing codewords before projecting."""
+    def sum_codewords(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, T] (K <= max_n_q) -> the sum of their codewords [B, dimension, T] (before the
+        output projection)."""
         quantized = None
         for k in range(codes.shape[1]):
             vec = F.embedding(codes[:, k], self.vq.layers[k]._codebook.embedding).transpose(1, 2)
             quantized = vec if quantized is None else quantized + vec
-        return self.output_proj(quantized)
+        return quantized
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, T] (K <= max_n_q) -> latent [B, C_out, T], summing codewords before projecting."""
+        return self.output_proj(self.sum_codewords(codes))
 
     def code_vectors(self) -> torch.Tensor:
         """[levels, bins, C_out]: each level's codewords through the output projection (what one code adds

@@ -75,10 +75,15 @@ class SeanetConfig:
     last_kernel_size: int = 3
     residual_kernel_size: int = 3
     compress: int = 2
+    decoder_n_filters: int = 0  # the decoder's width when it differs from the encoder's (0: n_filters)
 
     @property
     def hop_length(self) -> int:
         return math.prod(self.ratios)
+
+    @property
+    def decoder_filters(self) -> int:
+        return self.decoder_n_filters or self.n_filters
 
 
 class SeanetEncoder(_SeanetStack):
@@ -105,15 +110,15 @@ class SeanetDecoder(_SeanetStack):
 
     def __init__(self, cfg: SeanetConfig):
         super().__init__()
-        mult = 2 ** len(cfg.ratios)
-        layers: list[nn.Module] = [StreamingConv1d(cfg.dimension, mult * cfg.n_filters, cfg.kernel_size)]
+        mult, filters = 2 ** len(cfg.ratios), cfg.decoder_filters
+        layers: list[nn.Module] = [StreamingConv1d(cfg.dimension, mult * filters, cfg.kernel_size)]
         for ratio in cfg.ratios:
-            width = mult * cfg.n_filters
+            width = mult * filters
             layers += [
                 nn.ELU(),
                 StreamingConvTranspose1d(width, width // 2, ratio * 2, stride=ratio),
                 ResBlock(width // 2, cfg.residual_kernel_size, cfg.compress),
             ]
             mult //= 2
-        layers += [nn.ELU(), StreamingConv1d(cfg.n_filters, cfg.channels, cfg.last_kernel_size)]
+        layers += [nn.ELU(), StreamingConv1d(filters, cfg.channels, cfg.last_kernel_size)]
         self.model = nn.ModuleList(layers)

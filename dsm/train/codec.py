@@ -42,7 +42,7 @@ from dsm.audio import read_audio
 from dsm.codec import Mimi, MimiConfig, save_mimi
 from dsm.codec.loader import CONFIG_NAME, WEIGHTS_NAME, check_state_dict, normalize_keys, read_safetensors
 from dsm.codec.quantizer import ResidualVQ
-from dsm.errors import InputError
+from dsm.errors import CheckpointError, InputError
 from dsm.train.config import TrainConfig
 from dsm.train.data.manifest import manifest_root, read_manifest
 from dsm.train.dataset import BatchOrder, select
@@ -239,7 +239,8 @@ def load_init_codec(path: Path, arch: MimiConfig, device: str | torch.device) ->
     """The codec a run starts from (a weights file or export directory) and how many codebooks it has.
 
     An init with fewer codebooks than ``arch`` (e.g. 8 of 16) fills the first ones; the others start
-    unseeded (from the first training batch). Any other mismatch is a `CheckpointError`."""
+    unseeded (from the first training batch). An init whose SEANet decoder is narrower by an integer factor
+    (``seanet.decoder_n_filters``) is widened (`widen_decoder`). Any other mismatch is a `CheckpointError`."""
     file = path / WEIGHTS_NAME if path.is_dir() else path
     state = normalize_keys(read_safetensors(file))
     levels = len({int(m.group(1)) for key in state if (m := _REST_LEVEL.match(key))})
@@ -248,11 +249,47 @@ def load_init_codec(path: Path, arch: MimiConfig, device: str | torch.device) ->
     fresh = mimi.state_dict()  # the levels past the init's (none when it has them all)
     new = {k: v for k, v in fresh.items() if (m := _REST_LEVEL.match(k)) and int(m.group(1)) >= levels}
     state = {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()} | new
+    first = "decoder.model.0.conv.conv.weight"
+    if first in state and state[first].shape[0] < fresh[first].shape[0]:
+        factor, rest = divmod(fresh[first].shape[0], state[first].shape[0])
+        if rest:
+            raise CheckpointError(
+                f"{file}: its decoder cannot be widened to {arch.seanet.decoder_filters} filters"
+            )
+        state = widen_decoder(state, factor)
     check_state_dict(mimi, state, str(file))
     mimi.load_state_dict(state)
     for level in mimi.quantizer.rvq_rest.vq.layers[levels:]:
         level._codebook._initialized.fill_(0.0)
     return mimi, arch.n_q_semantic + levels
+
+
+def widen_decoder(
+    state: dict[str, torch.Tensor], factor: int, noise: float = 1e-3
+) -> dict[str, torch.Tensor]:
+    """A Mimi state with its SEANet decoder ``factor`` times wider, computing the same function (Net2Net):
+    every channel of the decoder is repeated ``factor`` times and the weights reading repeated channels
+    are divided by ``factor``; each repeat is then scaled by 1 + ``noise`` x N(0, 1) so that the copies
+    can learn apart. Every other entry is kept."""
+    gen = torch.Generator().manual_seed(0)
+    out = dict(state)
+    keys = sorted(k for k in state if k.startswith("decoder.model."))
+    last = max(int(k.split(".")[2]) for k in keys)
+    for key in keys:
+        value = state[key]
+        index = int(key.split(".")[2])
+        transposed = ".convtr." in key
+        widen_in = index > 0 and key.endswith("weight")  # the first conv reads the latent
+        widen_out = index < last  # the last conv writes the waveform
+        in_dim, out_dim = (0, 1) if transposed and value.dim() > 1 else (1, 0)
+        if widen_out:
+            value = value.repeat_interleave(factor, dim=out_dim)
+        if widen_in:
+            value = value.repeat_interleave(factor, dim=in_dim) / factor
+        if widen_out or widen_in:
+            value = value * (1 + noise * torch.randn(value.shape, generator=gen)).to(value)
+        out[key] = value
+    return out
 
 
 class CodecTrainModule(nn.Module):
@@ -265,12 +302,14 @@ class CodecTrainModule(nn.Module):
         discriminator: nn.Module | None,
         teacher_dim: int | None = None,
         frozen_codebooks: int = 0,
+        soft_levels: int = 0,
     ):
         super().__init__()
         self.mimi = mimi
         c = cfg.codec
         self.c = c
         self.frozen = frozen_codebooks  # the first codebooks (semantic one first), never updated
+        self.soft_levels = soft_levels  # codebooks that expected codewords stand for (soft substitutes)
         self.mel_loss = MultiScaleMelLoss(mimi.sample_rate, c.mel_scales, c.mel_bins, c.mel_floor_db)
         self._disc = [discriminator]  # not a submodule: it has its own optimizer and checkpoint entry
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -309,7 +348,9 @@ class CodecTrainModule(nn.Module):
         self, wav: torch.Tensor, n_q: int, update: bool, substitute: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(decoded audio, commitment loss, first codebook's quantized output [B, C, frames]). With
-        ``substitute`` [B, n_q, frames] (decoder_only), its codes but -1 replace the true ones."""
+        ``substitute`` (decoder_only): codes [B, n_q, frames], those but -1 replace the true ones; or expected
+        acoustic codewords [B, codebook_dim, frames] (floats), those but NaN replace the sum of the true
+        acoustic codewords of the first n_q codebooks."""
         m = self.mimi
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.c.decoder_only):
             latent = m.downsample(m.encoder_transformer(m.encoder(wav)))
@@ -320,12 +361,22 @@ class CodecTrainModule(nn.Module):
                 codes = quant.encode(latent.float(), n_q)
                 if noise:
                     codes = self.perturb(codes)
+                soft = substitute is not None and substitute.is_floating_point()
                 if substitute is not None:
                     frames = codes.shape[-1]
-                    sub = F.pad(substitute[..., :frames], (0, frames - substitute.shape[-1]), value=-1)
-                    codes = torch.where(sub >= 0, sub, codes)
+                    pad = (0, frames - substitute.shape[-1])
+                    sub = F.pad(substitute[..., :frames], pad, value=float("nan") if soft else -1)
+                    if soft:
+                        rest = quant.rvq_rest.sum_codewords(codes[:, quant.n_q_semantic :])
+                        rest = torch.where(sub.isnan(), rest, sub.to(rest.dtype))
+                    else:
+                        codes = torch.where(sub >= 0, sub, codes)
             first = quant.rvq_first.decode(codes[:, : quant.n_q_semantic])
-            out, commit = quant.decode(codes), latent.new_zeros(())
+            if soft:
+                out = first + quant.rvq_rest.output_proj(rest)
+            else:
+                out = quant.decode(codes)
+            commit = latent.new_zeros(())
         else:
             n_sem, decay = quant.n_q_semantic, self.c.ema_decay
             first, commit = train_rvq(quant.rvq_first, latent, n_sem, decay, update, self.frozen)
@@ -341,14 +392,15 @@ class CodecTrainModule(nn.Module):
         return m.decoder(emb), commit, first
 
     def forward(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]):
-        """`batch`: audio [B, 1, T], or (audio, teacher features [B, frames, D] or None, substitute codes
-        [B, K, frames] or None): distillation targets, and the codes to decode from instead of the true
-        first K (`CodecTask.next_batch`)."""
+        """`batch`: audio [B, 1, T], or (audio, teacher features [B, frames, D] or None, substitutes or
+        None): distillation targets, and the codes [B, K, frames] to decode from instead of the true first
+        K or the expected acoustic codewords [B, codebook_dim, frames] (`reconstruct`;
+        `CodecTask.next_batch`)."""
         wav, teacher, substitute = batch if isinstance(batch, tuple) else (batch, None, None)
         n_total = self.mimi.total_codebooks
         n_q = n_total
         if substitute is not None:
-            n_q = substitute.shape[1]
+            n_q = self.soft_levels if substitute.is_floating_point() else substitute.shape[1]
         elif self.training and self.c.quantizer_dropout:
             n_q = int(torch.randint(1, n_total + 1, ()))
         y, commit, first = self.reconstruct(wav, n_q, update=self.training, substitute=substitute)
@@ -449,10 +501,13 @@ class CodecTask(TrainTask):
             self.eval_files = []
         self.eval_files = self.eval_files[: cfg.data.max_eval_items]
         self.teacher = self._teacher_features() if c.distill_weight > 0 else None
+        self.soft_levels = 0  # codebooks the substitutes stand for when they are expected codewords
         self.substitutes = self._substitute_codes() if c.substitute_codes else None
         teacher_dim = next(iter(self.teacher.values())).shape[-1] if self.teacher else None
         frozen = init_codebooks if c.decoder_only else 0
-        self.module = CodecTrainModule(self.mimi, cfg, self.disc, teacher_dim, frozen).to(device)
+        self.module = CodecTrainModule(self.mimi, cfg, self.disc, teacher_dim, frozen, self.soft_levels).to(
+            device
+        )
         self.order = BatchOrder(len(self.files), cfg.optim.batch_size, cfg.run.seed, info.rank, info.world)
         self.gen = torch.Generator().manual_seed(cfg.run.seed * 104_729 + info.rank + 1)
         self._audio: dict[Path, torch.Tensor] = {}
@@ -502,19 +557,37 @@ class CodecTask(TrainTask):
         return {p: cache[self._keys[p]] for p in self.files + self.eval_files}
 
     def _substitute_codes(self) -> dict[Path, torch.Tensor]:
-        """Drawn codes [K, frames] of the training files that have some (`[codec].substitute_codes`)."""
+        """What a TTS model gives for the training files that have some (`[codec].substitute_codes`): drawn
+        codes [K, frames], or expected acoustic codewords [codebook_dim, frames] standing for codebooks
+        1 .. K - 1 (floats; K in the file's metadata ``n_q``)."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         path = self.cfg.path(self.cfg.codec.substitute_codes)
         if not path.is_file():
             raise InputError(f"{path}: no substitute codes (scripts/bundled_data.py tts-codes makes them)")
-        stored = {Path(k): v.long() for k, v in load_file(str(path)).items()}
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        stored = {Path(k): v for k, v in load_file(str(path)).items()}
         found = {p: stored[p.resolve()] for p in self.files if p.resolve() in stored}
         if not found:
             raise InputError(f"{path}: codes for none of the {len(self.files)} training files")
-        levels = {v.shape[0] for v in found.values()}
         bins, n_q = self.mimi.cfg.bins, self.mimi.total_codebooks
-        if len(levels) != 1 or not 1 <= levels.pop() <= n_q:
+        soft = {v.is_floating_point() for v in found.values()}
+        if soft == {True}:
+            dim = self.mimi.quantizer.rvq_rest.vq.layers[0]._codebook.embedding.shape[1]
+            levels = int(meta.get("n_q", 0))
+            if not 2 <= levels <= n_q or any(v.shape[0] != dim for v in found.values()):
+                raise InputError(
+                    f"{path}: expected [{dim}, frames] expected codewords for every file and metadata "
+                    f"n_q in [2, {n_q}] (the codebooks they stand for)"
+                )
+            self.soft_levels = levels
+            log.info("expected codewords for %d of %d training files", len(found), len(self.files))
+            return {p: v.float() for p, v in found.items()}
+        found = {p: v.long() for p, v in found.items()}
+        levels = {v.shape[0] for v in found.values()}
+        if soft != {False} or len(levels) != 1 or not 1 <= levels.pop() <= n_q:
             raise InputError(f"{path}: expected [K, frames] codes with the same K <= {n_q} for every file")
         if any(int(v.max()) >= bins or int(v.min()) < -1 for v in found.values()):
             raise InputError(f"{path}: codes outside [-1, {bins})")
@@ -549,13 +622,16 @@ class CodecTask(TrainTask):
         return F.pad(feats, (0, 0, 0, n - feats.shape[0]))
 
     def _substitute_crop(self, path: Path, start: int) -> torch.Tensor:
-        """The drawn codes of a crop [K, frames], -1 where there are none (the true codes stay)."""
+        """The substitutes of a crop [K or codebook_dim, frames], -1 (NaN for expected codewords) where there
+        are none (the true codes stay)."""
         assert self.substitutes is not None
         n = self.segment // self.mimi.frame_size
         k = next(iter(self.substitutes.values())).shape[0]
+        fill = float("nan") if self.soft_levels else -1
         first = start // self.mimi.frame_size
-        codes = self.substitutes.get(path, torch.full((k, 0), -1))[:, first : first + n]
-        return F.pad(codes, (0, n - codes.shape[1]), value=-1)
+        empty = torch.full((k, 0), fill, dtype=torch.float if self.soft_levels else torch.long)
+        codes = self.substitutes.get(path, empty)[:, first : first + n]
+        return F.pad(codes, (0, n - codes.shape[1]), value=fill)
 
     def next_batch(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         picks = [(self.files[i], *self._crop(self.files[i], random=True)) for i in self.order.next()]

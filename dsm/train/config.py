@@ -166,7 +166,10 @@ class CodecTrainConfig:
     # with decoder_only: codes drawn by a TTS model for the training audio (`TtsTask.draw_audio_codes`; a
     # safetensors file of [K, frames] int codes keyed by resolved audio path, -1 where none). A batch is,
     # with probability ``substitute_prob``, decoded from its first K codebooks only, those codes put in place
-    # of the true ones: the decoder learns to make the true audio from what the TTS model draws
+    # of the true ones: the decoder learns to make the true audio from what the TTS model draws. Or (float
+    # [codebook_dim, frames] tensors, NaN where none, metadata ``n_q`` = K) the model's expected acoustic
+    # codewords (`TtsTask.expected_acoustic_codewords`), what soft decoding hands the decoder: they replace
+    # the sum of the true codewords of codebooks 1 .. K - 1
     substitute_codes: str = ""
     substitute_prob: float = 0.5
     # semantic distillation of the first codebook (`dsm.train.teacher`): a linear head maps its quantized

@@ -199,6 +199,18 @@ class TtsTask(LMTask):
         self.gen.set_state(state["gen"])
 
     @torch.no_grad()
+    def teacher_forced_logits(self, item: LMItem) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [dep_q, frames, card], true codes [dep_q, frames], -1 where none) of the item's audio
+        frames (the audio delay removed), each codebook of each frame given the true history, text and
+        lower codebooks (no condition dropout)."""
+        batch = self.make_batch([item], train=False)
+        out = self.lm(batch.codes, **self.module.conditions(batch))
+        n = self.lm.cfg.dep_q
+        logits = out.logits[0].float().nan_to_num(0.0)[:, self.delay_steps :]
+        truth = batch.codes[0, 1 : 1 + n, self.delay_steps :]
+        return logits[:, : item.frames], truth[:, : item.frames]
+
+    @torch.no_grad()
     def draw_audio_codes(
         self,
         item: LMItem,
@@ -206,17 +218,27 @@ class TtsTask(LMTask):
         top_k: int = 250,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """The item's audio codes [dep_q, frames] drawn from the model teacher-forced: each codebook of each
-        frame given the true history, text and lower codebooks (no condition dropout); -1 where the item has
-        no code. Frame f is the item's audio frame f (the audio delay removed): what the codec's decoder
-        gets from this model, aligned with the true audio (`[codec].substitute_codes` trains on it)."""
-        batch = self.make_batch([item], train=False)
-        out = self.lm(batch.codes, **self.module.conditions(batch))
-        n = self.lm.cfg.dep_q
-        logits = out.logits[0].float().nan_to_num(0.0)[:, self.delay_steps :]
+        """The item's audio codes [dep_q, frames] drawn from the model teacher-forced
+        (`teacher_forced_logits`); -1 where the item has no code. Frame f is the item's audio frame f: what
+        the codec's decoder gets from this model, aligned with the true audio (`[codec].substitute_codes`
+        trains on it)."""
+        logits, truth = self.teacher_forced_logits(item)
         drawn = sample(logits, temperature, top_k, generator)
-        truth = batch.codes[0, 1 : 1 + n, self.delay_steps :]
-        return torch.where(truth >= 0, drawn, torch.full_like(drawn, -1))[:, : item.frames]
+        return torch.where(truth >= 0, drawn, torch.full_like(drawn, -1))
+
+    @torch.no_grad()
+    def expected_acoustic_codewords(self, item: LMItem) -> torch.Tensor:
+        """[codebook_dim, frames]: the sum over the acoustic codebooks 1 .. dep_q - 1 of each one's codewords
+        averaged under the model's teacher-forced distribution (`teacher_forced_logits`), in the codec's
+        acoustic quantizer before its output projection; NaN where the item has no code. What soft decoding
+        (`Synthesizer(soft_decode=True)`) hands the decoder for those codebooks, aligned with the true audio
+        (`[codec].substitute_codes` trains on it)."""
+        logits, truth = self.teacher_forced_logits(item)
+        rvq = self.setup.mimi.quantizer.rvq_rest
+        books = torch.stack([layer._codebook.embedding.float() for layer in rvq.vq.layers[: len(truth) - 1]])
+        probs = torch.softmax(logits[1:, :, : books.shape[1]], -1)  # [dep_q - 1, frames, bins]
+        mean = torch.einsum("qtb,qbc->ct", probs, books)
+        return mean.masked_fill(~(truth >= 0).all(0), float("nan"))
 
     def export_updates(self) -> dict[str, Any]:
         raw = dict(self.setup.raw_config.get("tts_config") or {})
