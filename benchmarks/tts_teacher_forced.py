@@ -115,11 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                 audio = decoder.decode(mix[None]).reshape(-1).numpy()
             variants.setdefault(name, []).append(transcribe(judge, audio, mimi.sample_rate))
         probs = torch.softmax(logits[1:, :, : vectors.shape[1]], -1)  # [n - 1, T, bins]
-        soft = decoded_vectors
-        latent = soft[0][truth[0]].T + torch.einsum("qtb,qbc->ct", probs, soft[1:])
+        latent = decoded_vectors[0][truth[0]].T + torch.einsum("qtb,qbc->ct", probs, decoded_vectors[1:])
         with torch.no_grad():
-            emb = decoder.decoder_transformer(decoder.upsample(latent[None].to(decoder.dtype)))
-            audio = decoder.decoder(emb).reshape(-1).float().numpy()
+            audio = decoder.decode_from_latent(latent[None]).reshape(-1).float().numpy()
         variants.setdefault("codebooks 1+ soft", []).append(transcribe(judge, audio, mimi.sample_rate))
     print(f"{len(items)} valid items; teacher-forced cross-entropy per codebook (nats):")
     print("  own text:     ", " ".join(f"{x:.2f}" for x in (own_ce / len(items)).tolist()))

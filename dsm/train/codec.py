@@ -387,9 +387,7 @@ class CodecTrainModule(nn.Module):
                 )
                 out = out + rest
                 commit = commit + commit_rest
-        emb = m.upsample(out)
-        emb = m.decoder_transformer(emb)
-        return m.decoder(emb), commit, first
+        return m.decode_from_latent(out), commit, first
 
     def forward(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]):
         """`batch`: audio [B, 1, T], or (audio, teacher features [B, frames, D] or None, substitutes or
@@ -501,8 +499,8 @@ class CodecTask(TrainTask):
             self.eval_files = []
         self.eval_files = self.eval_files[: cfg.data.max_eval_items]
         self.teacher = self._teacher_features() if c.distill_weight > 0 else None
-        self.soft_levels = 0  # codebooks the substitutes stand for when they are expected codewords
-        self.substitutes = self._substitute_codes() if c.substitute_codes else None
+        # the substitutes, and the codebooks they stand for when they are expected codewords (else 0)
+        self.substitutes, self.soft_levels = self._substitute_codes() if c.substitute_codes else (None, 0)
         teacher_dim = next(iter(self.teacher.values())).shape[-1] if self.teacher else None
         frozen = init_codebooks if c.decoder_only else 0
         self.module = CodecTrainModule(self.mimi, cfg, self.disc, teacher_dim, frozen, self.soft_levels).to(
@@ -556,10 +554,10 @@ class CodecTask(TrainTask):
             )
         return {p: cache[self._keys[p]] for p in self.files + self.eval_files}
 
-    def _substitute_codes(self) -> dict[Path, torch.Tensor]:
+    def _substitute_codes(self) -> tuple[dict[Path, torch.Tensor], int]:
         """What a TTS model gives for the training files that have some (`[codec].substitute_codes`): drawn
-        codes [K, frames], or expected acoustic codewords [codebook_dim, frames] standing for codebooks
-        1 .. K - 1 (floats; K in the file's metadata ``n_q``)."""
+        codes [K, frames] (and 0), or expected acoustic codewords [codebook_dim, frames] standing for
+        codebooks 1 .. K - 1 (floats; K in the file's metadata ``n_q``; and K)."""
         from safetensors import safe_open
         from safetensors.torch import load_file
 
@@ -575,16 +573,15 @@ class CodecTask(TrainTask):
         bins, n_q = self.mimi.cfg.bins, self.mimi.total_codebooks
         soft = {v.is_floating_point() for v in found.values()}
         if soft == {True}:
-            dim = self.mimi.quantizer.rvq_rest.vq.layers[0]._codebook.embedding.shape[1]
+            dim = self.mimi.cfg.codebook_dim
             levels = int(meta.get("n_q", 0))
             if not 2 <= levels <= n_q or any(v.shape[0] != dim for v in found.values()):
                 raise InputError(
                     f"{path}: expected [{dim}, frames] expected codewords for every file and metadata "
                     f"n_q in [2, {n_q}] (the codebooks they stand for)"
                 )
-            self.soft_levels = levels
             log.info("expected codewords for %d of %d training files", len(found), len(self.files))
-            return {p: v.float() for p, v in found.items()}
+            return {p: v.float() for p, v in found.items()}, levels
         found = {p: v.long() for p, v in found.items()}
         levels = {v.shape[0] for v in found.values()}
         if soft != {False} or len(levels) != 1 or not 1 <= levels.pop() <= n_q:
@@ -592,7 +589,7 @@ class CodecTask(TrainTask):
         if any(int(v.max()) >= bins or int(v.min()) < -1 for v in found.values()):
             raise InputError(f"{path}: codes outside [-1, {bins})")
         log.info("substitute codes for %d of %d training files", len(found), len(self.files))
-        return found
+        return found, 0
 
     def _wav(self, path: Path) -> torch.Tensor:
         if path not in self._audio:
