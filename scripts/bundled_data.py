@@ -169,7 +169,13 @@ def voice_clip(manifest: Path, speaker: str, seconds: float) -> Path:
 
 
 def ship_lm(
-    kind: str, export: Path, out: Path, voices: list[str], voice_seconds: float, manifest: Path
+    kind: str,
+    export: Path,
+    out: Path,
+    voices: list[str],
+    voice_seconds: float,
+    manifest: Path,
+    generation: list[str] | None = None,
 ) -> None:
     from dsm.audio import read_audio
     from dsm.bundled import bundled
@@ -195,6 +201,17 @@ def ship_lm(
             wav = torch.from_numpy(read_audio(audio, sample_rate=mimi.sample_rate))
             save_voice(out / "voices" / f"{name}.safetensors", voice_from_audio(mimi, wav, voice_seconds))
         config.update(voice_repo="voices", default_voice=voices[0].partition("=")[0])
+        if generation:  # the model's sampling defaults (TtsCheckpoint.generation), e.g. temperature=0
+            table = {}
+            for spec in generation:
+                key, _, value = spec.partition("=")
+                try:
+                    table[key] = json.loads(value)
+                except json.JSONDecodeError:
+                    raise SystemExit(
+                        f"ship-lm: --generation {spec!r}: VALUE must be a number or true/false"
+                    ) from None
+            config["generation"] = table
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"{kind} -> {out} ({size / 1e6:.1f} MB)")
@@ -294,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     lm.add_argument("--manifest", type=Path, default=Path("data/bundled/all.jsonl"))
     lm.add_argument(
+        "--generation",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TTS sampling default written to the config's generation table, e.g. temperature=0",
+    )
+    lm.add_argument(
         "--voice-seconds", type=float, default=4.0, help="when the export's tts_config has no voice_seconds"
     )
     args = parser.parse_args(argv)
@@ -326,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             args.voice,
             args.voice_seconds,
             args.manifest,
+            args.generation,
         )
     return 0
 

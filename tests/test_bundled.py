@@ -1,11 +1,12 @@
 """dsm's bundled offline models (dsm/models, docs/models.md): used by default, offline.
 
-Shipped: the codec and the STT. The held-out clip (tests/data/bundled/) is a test-split sentence of the
-bundled corpus, spoken by the Piper voice, never heard in training: the first Piper test utterance (corpus
-order) of seven words or more that the STT shipped on 2026-12-05 transcribed without error (the STT shipped
-since 2026-12-06 gets about one word in ten wrong on held-out speech, docs/models.md, and this clip right),
-so these tests guard the shipped model's behaviour and timestamps; its quality is measured by
-benchmarks/bundled_eval.py."""
+Shipped: the codec, the STT and the TTS. The held-out clip (tests/data/bundled/) is a test-split sentence
+of the bundled corpus, spoken by the Piper voice, never heard in training: the first Piper test utterance
+(corpus order) of seven words or more that the STT shipped on 2026-12-05 transcribed without error (the
+STT shipped since 2026-12-06 gets about one word in ten wrong on held-out speech, docs/models.md, and this
+clip right), so these tests guard the shipped model's behaviour and timestamps; its quality is measured by
+benchmarks/bundled_eval.py. tts_heldout.json: the test-split sentences of eight words or fewer among the
+first twelve in sorted order (those benchmarks/bundled_eval.py's TTS sample starts with)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ CLIP = json.loads((DATA / "heldout.json").read_text())
 # 0.99 on this clip (1.15 with the codec shipped until 2026-12-06); silence scores 4.20 and the clip plus
 # white noise at -30 dBFS 4.44.
 MAX_ROUND_TRIP_MEL = 1.5
+# Corpus WER of the bundled STT on the bundled TTS's speech of tts_heldout.json's held-out sentences (35
+# words), per voice: measured 17.1 % for `joe` and 42.9 % for `joe-deep` (greedy, so the same on every run
+# of one machine; speech of other sentences scores about 100 %)
+MAX_TTS_STT_WER = 0.6
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +60,7 @@ def test_bundled_models_fit_the_size_budget():
     from dsm.bundled import ROOT
 
     bundled("stt")  # complete, with the shared codec
+    bundled("tts")
     assert sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file()) <= 60e6
 
 
@@ -113,9 +119,10 @@ def test_stt_cli_defaults_to_bundled_model(capsys):
     assert [w["start"] for w in out["words"]] == pytest.approx([w["start"] for w in CLIP["words"]], abs=0.16)
 
 
-def test_example_server_config_serves_bundled_stt(tmp_path, monkeypatch):
-    """`dsm serve --config configs/bundled.toml`: the bundled STT behind the moshi-server protocol, over a
-    real WebSocket on loopback; the held-out clip's words come back as Word messages."""
+def test_example_server_config_serves_bundled_models(tmp_path, monkeypatch):
+    """`dsm serve --config configs/bundled.toml`: the bundled STT and TTS behind the moshi-server protocol,
+    over real WebSockets on loopback; the held-out clip's words come back as Word messages, and a held-out
+    sentence sent word by word comes back as speech the bundled STT understands."""
     aiohttp = pytest.importorskip("aiohttp")
     msgpack = pytest.importorskip("msgpack")
     from dsm.server import BackgroundServer, Server, load_config
@@ -147,18 +154,75 @@ def test_example_server_config_serves_bundled_stt(tmp_path, monkeypatch):
                     return messages
             return messages
 
+    async def tts_session(sentence: str) -> list[dict]:
+        headers = {"kyutai-api-key": "public_token"}
+        tts_url = url.replace("/api/asr-streaming", "/api/tts_streaming") + "?format=PcmMessagePack"
+        async with aiohttp.ClientSession() as http, http.ws_connect(tts_url, headers=headers) as ws:
+            for word in sentence.split():
+                await ws.send_bytes(packed({"type": "Text", "text": word}))
+            await ws.send_bytes(packed({"type": "Eos"}))
+            return [msgpack.unpackb(m.data) async for m in ws]
+
     try:
         import asyncio
 
         messages = asyncio.run(asyncio.wait_for(session(), 120))
+        sentence = tts_sentences()[1]
+        spoken = asyncio.run(asyncio.wait_for(tts_session(sentence), 120))
     finally:
         background.stop()
+    assert spoken[0] == {"type": "Ready"}
+    assert [m["text"] for m in spoken if m["type"] == "Text"] == sentence.split()
+    speech = np.concatenate([m["pcm"] for m in spoken if m["type"] == "Audio"]).astype(np.float32)
+    heard = Transcriber.from_checkpoint().transcribe(speech, 24_000).text
+    assert word_errors(sentence, heard, normalize=True).errors / len(sentence.split()) <= MAX_TTS_STT_WER
     assert messages[-1] == {"type": "Marker", "id": 7}
     words = [m for m in messages if m["type"] == "Word"]
     text = " ".join(m["text"] for m in words)
     assert word_errors(CLIP["text"], text, normalize=True).errors == 0, text
     starts = [m["start_time"] for m in words]
     assert starts == pytest.approx([w["start"] for w in CLIP["words"]], abs=0.16)
+
+
+def tts_sentences() -> list[str]:
+    return json.loads((DATA / "tts_heldout.json").read_text())["sentences"]
+
+
+def test_bundled_tts_speaks_what_the_bundled_stt_hears(tmp_path, capsys):
+    """The README's `dsm tts` with no model flags: the bundled TTS (greedy, soft decoding: its config's
+    generation table) speaks held-out sentences in each of its voices, and the bundled STT transcribes them
+    back with a corpus WER under MAX_TTS_STT_WER (docs/models.md)."""
+    sentences = tts_sentences()
+    assert main(["tts", "--list-voices"]) == 0
+    assert "joe-deep" in capsys.readouterr().out
+    stt = Transcriber.from_checkpoint()
+    for voice in ("joe", "joe-deep"):
+        hyps = []
+        for i, sentence in enumerate(sentences):
+            text, out = tmp_path / f"{i}.txt", tmp_path / f"{voice}_{i}.wav"
+            text.write_text(sentence + "\n")
+            assert main(["tts", str(text), str(out), "--voice", voice, "-q"]) == 0
+            audio = read_audio(str(out), sample_rate=24_000)
+            words = len(sentence.split())
+            assert 0.15 * words < len(audio) / 24_000 < 1.0 * words + 2.0  # speech of the sentence's length
+            hyps.append(stt.transcribe(audio, 24_000).text)
+        errors = sum(word_errors(r, h, normalize=True).errors for r, h in zip(sentences, hyps, strict=True))
+        words = sum(len(r.split()) for r in sentences)
+        assert errors / words <= MAX_TTS_STT_WER, (voice, hyps)
+
+
+def test_bundled_tts_python_api_defaults():
+    """`Synthesizer.from_checkpoint()` with no model named: the bundled TTS in float32 (on CPU), its default
+    voice `joe` and its sampling defaults; greedy, so the same text gives the same audio."""
+    from dsm.tts import Synthesizer
+
+    synth = Synthesizer.from_checkpoint()
+    assert next(synth.lm.parameters()).dtype == torch.float32
+    assert synth.default_voice == "joe" and synth.temperature == 0.0 and synth.soft_decode
+    sentence = tts_sentences()[0]
+    first, again = synth.synthesize(sentence), synth.synthesize(sentence)
+    np.testing.assert_array_equal(first.audio, again.audio)
+    assert [w.text for w in first.words] == sentence.split()
 
 
 def test_vad_flag_warns_without_an_end_of_turn_head(capsys):

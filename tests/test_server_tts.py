@@ -59,6 +59,7 @@ default_voice = "{VOICE}"
 n_q = 8
 temp = 0.0
 cfg_coef = 2.0
+soft_decode = false
 """
     )
     server = Server(load_config(config))
@@ -280,3 +281,31 @@ def test_client_command(setup, tmp_path, capsys):
     assert np.abs(audio - np.clip(expected.audio, -0.99, 0.99)).max() < 1e-3
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[-1] for line in lines] == [w.text for w in expected.words]
+
+
+def test_py_option_types_are_checked(tmp_path):
+    """A wrongly typed `py` option stops the server at start-up with the key named, before any model loads."""
+    from dsm.errors import DsmError
+
+    for line, message in (
+        ("soft_decode = 1", "py.soft_decode: expected true or false"),
+        ("temp = true", "py.temp"),
+    ):
+        config = tmp_path / "bad.toml"
+        config.write_text(
+            f"""
+authorized_ids = ["{KEY}"]
+
+[modules.tts]
+type = "Py"
+path = "/api/tts_streaming"
+batch_size = 1
+text_bos_token = 1
+
+[modules.tts.py]
+hf_repo = "bundled"
+{line}
+"""
+        )
+        with pytest.raises(DsmError, match=message):
+            Server(load_config(config)).load()

@@ -23,7 +23,7 @@ from train_fixtures import (
 
 from dsm.audio import read_audio
 from dsm.cli import main
-from dsm.codec import load_mimi
+from dsm.codec import MimiConfig, load_mimi
 from dsm.errors import InputError
 from dsm.lm import load_lm
 from dsm.stt.transcriber import Transcriber
@@ -181,6 +181,27 @@ def test_finetune_published_checkpoint(assets, published, tmp_path, mode):
     out = stt.transcribe(assets["root"] / "data" / "clips" / "010.wav")
     assert len(out.tokens) == 25 + 7  # 2 s of audio and ceil(0.5 * 12.5) delay steps
     assert isinstance(out.text, str)
+
+
+def test_finetune_reads_codec_architecture_from_init_config(assets, published, tmp_path):
+    """A dsm export names its (smaller) codec's architecture in config.json's mimi_config: fine-tuning
+    it again needs no [model.mimi_config] (a later stage of a recipe starts from an earlier's export)."""
+    init = tmp_path / "init"
+    init.mkdir()
+    for path in published.iterdir():
+        (init / path.name).symlink_to(path)
+    config = json.loads((published / "config.json").read_text())
+    (init / "config.json").unlink()
+    (init / "config.json").write_text(json.dumps({**config, "mimi_config": copy.deepcopy(TINY_MIMI)}))
+    raw = {
+        "run": {"out_dir": str(tmp_path / "ft"), "max_steps": 2, "save_every": 2, "progress": False},
+        "optim": {"lr": 1e-3, "warmup_steps": 1, "batch_size": 2},
+        "data": {"train": str(assets["manifest"]), "cache_dir": str(assets["root"] / "cache")},
+        "model": {"init": str(init), "export_dtype": "float32"},
+    }
+    assert train(cfg_of(raw, "stt", tmp_path)).step == 2
+    exported = json.loads((tmp_path / "ft" / "export" / "config.json").read_text())
+    assert MimiConfig.from_dict(exported["mimi_config"]) == MimiConfig.from_dict(TINY_MIMI)
 
 
 def write_stt_toml(assets, path, max_steps: int) -> None:
@@ -471,6 +492,9 @@ def test_bundled_recipe_configs_parse(path):
         eight = path.stem in ("codec", "codec_decoder", "codec_distill", "codec_wide", "codec_all")
         # codec_16 and the stages that start from it have codebooks 9-16
         assert MimiConfig.from_dict(cfg.codec.arch).n_q == (8 if eight else 16)
+    elif cfg.model.init:  # a later stage: an earlier stage's export, read when it runs
+        init = Path(cfg.model.init)
+        assert init.name == "export" and init.parent.parent.name == "bundled", init
     else:
         lm = LMConfig.from_kyutai(cfg.model.arch)
         assert MimiConfig.from_dict(cfg.model.mimi_config).n_q >= lm.n_q

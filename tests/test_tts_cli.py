@@ -14,6 +14,7 @@ import torch
 from dsm.audio import read_audio
 from dsm.cli import main
 from dsm.codec import Mimi, MimiConfig, save_mimi
+from dsm.errors import CheckpointError
 from dsm.tts.synthesizer import Synthesizer
 
 tts_assets = pytest.importorskip("tts_assets")
@@ -126,3 +127,54 @@ def test_voice_command_refuses_models_with_a_speaker_encoder(repo, tmp_path, cap
     assert main(["voice", str(clip), str(tmp_path / "voice.bin"), "--hf-repo", str(repo["repo"])]) == 2
     assert "must end in .safetensors" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_model_generation_defaults(repo, tmp_path, capsys):
+    """A config's `generation` table (dsm extension) sets the sampling options the caller leaves unset:
+    the command without flags equals the Python API given them; flags and keyword arguments win."""
+    import json
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for path in repo["repo"].iterdir():
+        if path.name != "config.json":
+            (model / path.name).symlink_to(path.resolve())
+    config = json.loads((repo["repo"] / "config.json").read_text())
+    config["generation"] = {"temperature": 0, "soft_decode": True}
+    (model / "config.json").write_text(json.dumps(config))
+    synth = Synthesizer.from_checkpoint(model, dtype=torch.float32, voice_repo=str(repo["voices"]))
+    assert synth.temperature == 0.0 and synth.soft_decode
+    overridden = Synthesizer.from_checkpoint(
+        model, dtype=torch.float32, voice_repo=str(repo["voices"]), temperature=0.6, soft_decode=False
+    )
+    assert overridden.temperature == 0.6 and not overridden.soft_decode
+    text_file = tmp_path / "in.txt"
+    text_file.write_text(TEXT + "\n")
+    flags = ["--voice", tts_assets.VOICES[1]]
+    outs = {}
+    for name, extra in (("default", []), ("sampled", ["--temp", "0.6", "--no-soft-decode", "--seed", "3"])):
+        outs[name] = tmp_path / f"{name}.wav"
+        argv = args({**repo, "repo": model}, str(text_file), str(outs[name]), *flags, *extra)
+        assert main(argv) == 0
+    expected = Synthesizer.from_checkpoint(
+        model, dtype=torch.float32, voice_repo=str(repo["voices"]), n_q=8
+    ).synthesize(TEXT + "\n", tts_assets.VOICES[1])
+    wav, _ = sf.read(str(outs["default"]), dtype="float32")
+    np.testing.assert_allclose(wav, expected.audio, atol=1.0 / 32767 + 1e-6)
+    sampled = Synthesizer.from_checkpoint(
+        repo["repo"], dtype=torch.float32, voice_repo=str(repo["voices"]), n_q=8
+    ).synthesize(TEXT + "\n", tts_assets.VOICES[1], seed=3)
+    wav, _ = sf.read(str(outs["sampled"]), dtype="float32")
+    assert wav.shape == sampled.audio.shape
+    np.testing.assert_allclose(wav, sampled.audio, atol=1.0 / 32767 + 1e-6)
+    for bad, message in (
+        ({"temperature": "hot"}, "generation.temperature must be a float"),
+        ({"soft_decode": 1}, "generation.soft_decode must be a bool"),
+        ({"top_k": 2.5}, "generation.top_k must be an int"),
+        ({"beam": 4}, "unknown option"),
+    ):
+        (model / "config.json").write_text(json.dumps({**config, "generation": bad}))
+        with pytest.raises(CheckpointError, match=message):
+            Synthesizer.from_checkpoint(model, dtype=torch.float32, voice_repo=str(repo["voices"]))
+        assert main(args({**repo, "repo": model}, str(text_file), str(tmp_path / "x.wav"))) == 2
+        assert message in capsys.readouterr().err

@@ -100,14 +100,18 @@ def write_output(path: str, audio: np.ndarray, sample_rate: int) -> None:
 
 def load_synthesizer(args: argparse.Namespace) -> Synthesizer:
     start = time.perf_counter()
+    sampling = {
+        "n_q": args.n_q,
+        "temperature": args.temp,
+        "cfg_coef": args.cfg_coef,
+        "padding_bonus": args.padding_bonus,
+        "soft_decode": args.soft_decode,
+    }
+    # options left unset take the model's own (its config's generation table), else the reference's
     synth = Synthesizer.from_checkpoint(
         **checkpoint_kwargs(args),
         voice_repo=args.voice_repo,
-        n_q=args.n_q,
-        temperature=args.temp,
-        cfg_coef=args.cfg_coef,
-        padding_bonus=args.padding_bonus,
-        soft_decode=args.soft_decode,
+        **{k: v for k, v in sampling.items() if v is not None},
     )
     log.info("loaded the TTS model on %s in %.2f s", args.device, time.perf_counter() - start)
     return synth
@@ -271,22 +275,25 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         help="file suffix of the model's voice embeddings, for --list-voices (default: from the model's "
         f"config, else {TTS_1B6_SUFFIX})",
     )
-    add_checkpoint_options(parser, DEFAULT_TTS_REPO, "bfloat16")
+    add_checkpoint_options(parser, DEFAULT_TTS_REPO, "bfloat16; float32 for the bundled model on CPU")
     gen = parser.add_argument_group("generation")
     gen.add_argument(
         "--n-q", type=n_q_arg, metavar="N", help="audio codebooks, 1 to 32 (default: all of the model's)"
     )
     gen.add_argument(
-        "--temp", type=float, default=0.6, help="sampling temperature, 0 for greedy (default 0.6)"
+        "--temp",
+        type=float,
+        help="sampling temperature, 0 for greedy (default: the model's, else 0.6; the bundled model's 0)",
     )
-    gen.add_argument("--cfg-coef", type=float, default=2.0, help="guidance strength (default 2.0)")
+    gen.add_argument("--cfg-coef", type=float, help="guidance strength (default: the model's, else 2.0)")
     gen.add_argument(
-        "--padding-bonus", type=float, default=0.0, help="> 0 speaks slower, < 0 faster (default 0)"
+        "--padding-bonus", type=float, help="> 0 speaks slower, < 0 faster (default: the model's, else 0)"
     )
     gen.add_argument(
         "--soft-decode",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="decode codebooks 1+ as code vectors averaged under the model's distribution, not the drawn "
-        "codes (clearer speech from a small model unsure of its acoustic codebooks)",
+        "codes (clearer speech from a small model unsure of its acoustic codebooks; default: the model's, "
+        "on for the bundled model)",
     )
     gen.add_argument("--seed", type=int, default=None, help="random seed for reproducible output")

@@ -20,10 +20,12 @@ META_KEYS = (
     "tts_config",
     "stt_config",
     "model_id",
-    # dsm extensions: the codec architecture of models trained on a smaller codec, TTS voice defaults
+    # dsm extensions: the codec architecture of models trained on a smaller codec, TTS voice and
+    # sampling defaults
     "mimi_config",
     "voice_repo",
     "default_voice",
+    "generation",
 )
 # Accepted for compatibility and ignored: they change nothing at inference.
 IGNORED_KEYS = (

@@ -301,8 +301,9 @@ class AsrModuleConfig:
 class TtsModuleConfig:
     """A `Py` (TTS) module: `path`, `batch_size`, `text_tokenizer_file`, `text_bos_token` and the `py` table
     (tts.py's `Config`: `hf_repo` (`"bundled"`: dsm's bundled English TTS),
-    `voice_folder`, `default_voice`, `cfg_coef`, `n_q`, `temp`, padding settings...). dsm extensions:
-    `device`, `openai_path` (default: `/v1/audio/speech` for the first TTS module; "" disables it),
+    `voice_folder`, `default_voice`, `cfg_coef`, `n_q`, `temp`, padding settings...; unset sampling
+    options take the model config's `generation` table). dsm extensions: `py.soft_decode`, `device`,
+    `openai_path` (default: `/v1/audio/speech` for the first TTS module; "" disables it),
     `idle_timeout_s` (30: no message while the session waits for text), `max_session_s` (0: unlimited),
     `max_message_bytes`, `post_slot_wait_s` (100), `exact`, `quantize`, `dtype_override` (`bf16` default,
     `f32`), `mimi_config` (as for `BatchedAsr`)."""

@@ -121,6 +121,10 @@ class TtsService:
                     if key in ("n_q", "max_padding", "initial_padding", "final_padding", "padding_between")
                     else float(value)
                 )
+        if "soft_decode" in py:  # dsm extension (`Synthesizer(soft_decode=...)`)
+            if not isinstance(py["soft_decode"], bool):
+                raise DsmError(f"{where}.soft_decode: expected true or false, got {py['soft_decode']!r}")
+            options["soft_decode"] = py["soft_decode"]
         if "voice_folder" in py:
             options["voice_repo"] = str(resolve_snapshot(str(py["voice_folder"]), f"{where}.voice_folder"))
         synth = Synthesizer.from_checkpoint(

@@ -107,6 +107,7 @@ def load_setup(cfg: TrainConfig, device: torch.device) -> LMSetup:
         "config_path": ref(m.config_path),
     }
     init = m.init
+    init_mimi_cfg = None  # the codec architecture a fine-tuned checkpoint's config names (dsm extension)
     if init and not init.startswith("hf://") and cfg.path(init).exists():
         init = str(cfg.path(init))
     if init or opt["moshi_weight"]:
@@ -114,7 +115,7 @@ def load_setup(cfg: TrainConfig, device: torch.device) -> LMSetup:
         raw = copy.deepcopy(ckpt.raw_config)
         raw.update(copy.deepcopy(m.arch))  # allowed: e.g. context; shapes must still match the weights
         lm = load_lm(ckpt.moshi_weight, LMConfig.from_kyutai(raw), device=device, dtype=torch.float32)
-        tok_path, mimi_path = ckpt.tokenizer, ckpt.mimi_weight
+        tok_path, mimi_path, init_mimi_cfg = ckpt.tokenizer, ckpt.mimi_weight, ckpt.mimi_config
         log.info("fine-tuning %s", ckpt.moshi_weight)
     else:
         if opt["config_path"] is not None:
@@ -141,7 +142,7 @@ def load_setup(cfg: TrainConfig, device: torch.device) -> LMSetup:
             f"{tok_path}: the tokenizer has {tokenizer.vocab_size()} pieces but the model's text_card is "
             f"{lm.cfg.text_card}"
         )
-    mimi_cfg = MimiConfig.from_dict(m.mimi_config) if m.mimi_config else None
+    mimi_cfg = MimiConfig.from_dict(m.mimi_config) if m.mimi_config else init_mimi_cfg
     mimi = load_mimi(mimi_path, config=mimi_cfg, device=device)  # all codebooks: one codes cache entry
     if lm.cfg.n_q > mimi.total_codebooks:
         raise InputError(f"the LM reads {lm.cfg.n_q} codebooks but the Mimi has {mimi.total_codebooks}")

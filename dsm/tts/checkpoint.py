@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dsm.bundled import ROOT as BUNDLED_ROOT
 from dsm.bundled import bundled
 from dsm.errors import CheckpointError
 from dsm.hub import resolve_reference
@@ -21,6 +22,16 @@ from dsm.tts.voices import DEFAULT_VOICE_REPO, voice_suffix
 
 DEFAULT_TTS_REPO = "kyutai/tts-1.6b-en_fr"
 DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"  # in kyutai/tts-voices
+# The `Synthesizer` options a config's ``generation`` table (a dsm extension) may set, with their types:
+# the settings a model is best sampled with (dsm's bundled TTS: greedy, soft decoding).
+GENERATION_OPTIONS: dict[str, type] = {
+    "temperature": float,
+    "cfg_coef": float,
+    "top_k": int,
+    "n_q": int,
+    "padding_bonus": float,
+    "soft_decode": bool,
+}
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,32 @@ class TtsCheckpoint(SttCheckpoint):
     def default_voice(self) -> str:
         """The config's ``default_voice`` (a dsm extension), else dsm's default Kyutai voice."""
         return str(self.raw_config.get("default_voice") or DEFAULT_VOICE)
+
+    @property
+    def is_bundled(self) -> bool:
+        """Whether this is dsm's bundled TTS (`dsm.bundled`): small, so float32 on CPU by default."""
+        return self.config_path.resolve().parent == (BUNDLED_ROOT / "tts").resolve()
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        """The config's ``generation`` table (a dsm extension): the `Synthesizer` options this model is
+        best run with, used where the caller sets none; empty for Kyutai's models."""
+        raw = self.raw_config.get("generation") or {}
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{self.config_path}: generation must be a table, got {raw!r}")
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            kind = GENERATION_OPTIONS.get(key)
+            where = f"{self.config_path}: generation.{key}"
+            if kind is None:
+                raise CheckpointError(f"{where}: unknown option (known: {', '.join(GENERATION_OPTIONS)})")
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if (kind is bool and not isinstance(value, bool)) or (kind is not bool and not numeric):
+                raise CheckpointError(f"{where} must be a {kind.__name__}, got {value!r}")
+            if kind is int and value != int(value):
+                raise CheckpointError(f"{where} must be an int, got {value!r}")
+            out[key] = kind(value)
+        return out
 
     @classmethod
     def resolve(

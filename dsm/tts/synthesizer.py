@@ -213,10 +213,12 @@ class Synthesizer:
         """Load from a hub repo / model directory and/or explicit files (see `TtsCheckpoint.resolve`);
         with none of them, dsm's bundled English model (`dsm.bundled`, offline, with its own voices).
 
-        `dtype` is the LM's (default bfloat16, as Kyutai ships and runs it); Mimi runs in float32, with
+        `dtype` is the LM's (default bfloat16, as Kyutai ships and runs it; float32 for the bundled model on
+        CPU, as its quality was measured); Mimi runs in float32, with
         the architecture ``mimi_config``, else the config's, else Kyutai's. Other keyword arguments are the
         constructor's (n_q, temperature, cfg_coef, voice_repo, ...); the voice repo and default voice
-        default to the config's ``voice_repo`` / ``default_voice`` when it names them.
+        default to the config's ``voice_repo`` / ``default_voice`` when it names them, and sampling
+        options not given to its ``generation`` table (`TtsCheckpoint.generation`).
         """
         ckpt = TtsCheckpoint.resolve(
             hf_repo,
@@ -230,7 +232,11 @@ class Synthesizer:
         tok = load_tokenizer(ckpt.tokenizer)
         mimi_config = mimi_config or ckpt.mimi_config
         mimi = load_mimi(ckpt.mimi_weight, config=mimi_config, device=device, num_codebooks=lm_config.n_q)
-        lm = load_lm(ckpt.moshi_weight, lm_config, device=device, dtype=dtype or torch.bfloat16)
+        if dtype is None:  # bfloat16 as Kyutai ships and runs it; the bundled model in float32 on CPU
+            dtype = torch.float32 if ckpt.is_bundled and device.type == "cpu" else torch.bfloat16
+        lm = load_lm(ckpt.moshi_weight, lm_config, device=device, dtype=dtype)
+        for key, value in ckpt.generation.items():  # the model's own sampling settings, unless given
+            options.setdefault(key, value)
         options.setdefault("voice_suffix", ckpt.voice_suffix)
         if options.get("voice_repo") is None:
             options["voice_repo"] = ckpt.voice_repo
