@@ -229,13 +229,14 @@ class Synthesizer:
         )
         device = torch.device(device)
         lm_config, tts_config = ckpt.lm_config, ckpt.tts_config
+        generation = ckpt.generation  # a malformed table fails before any weights load
         tok = load_tokenizer(ckpt.tokenizer)
         mimi_config = mimi_config or ckpt.mimi_config
         mimi = load_mimi(ckpt.mimi_weight, config=mimi_config, device=device, num_codebooks=lm_config.n_q)
         if dtype is None:  # bfloat16 as Kyutai ships and runs it; the bundled model in float32 on CPU
             dtype = torch.float32 if ckpt.is_bundled and device.type == "cpu" else torch.bfloat16
         lm = load_lm(ckpt.moshi_weight, lm_config, device=device, dtype=dtype)
-        for key, value in ckpt.generation.items():  # the model's own sampling settings, unless given
+        for key, value in generation.items():  # the model's own sampling settings, unless given
             options.setdefault(key, value)
         options.setdefault("voice_suffix", ckpt.voice_suffix)
         if options.get("voice_repo") is None:
