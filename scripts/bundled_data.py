@@ -168,6 +168,26 @@ def voice_clip(manifest: Path, speaker: str, seconds: float) -> Path:
     return pick.audio_path(manifest_root(manifest))
 
 
+def parse_generation(specs: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` options of ``ship-lm --generation`` as a checked config ``generation`` table: the
+    TTS's sampling defaults (`TtsCheckpoint.generation`), e.g. ``temperature=0``."""
+    from dsm.errors import CheckpointError
+    from dsm.tts.checkpoint import check_generation
+
+    table = {}
+    for spec in specs:
+        key, _, value = spec.partition("=")
+        try:
+            table[key] = json.loads(value)
+        except json.JSONDecodeError:
+            message = f"ship-lm: --generation {spec!r}: VALUE must be a number or true/false"
+            raise SystemExit(message) from None
+    try:
+        return check_generation(table, "ship-lm --generation")
+    except CheckpointError as exc:
+        raise SystemExit(str(exc)) from None
+
+
 def ship_lm(
     kind: str,
     export: Path,
@@ -182,6 +202,7 @@ def ship_lm(
     from dsm.codec import load_mimi
     from dsm.tts.voices import save_voice, voice_from_audio
 
+    table = parse_generation(generation or [])  # checked before anything is written
     config = json.loads((export / "config.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     for name in (config["moshi_name"], config["tokenizer_name"]):
@@ -201,16 +222,7 @@ def ship_lm(
             wav = torch.from_numpy(read_audio(audio, sample_rate=mimi.sample_rate))
             save_voice(out / "voices" / f"{name}.safetensors", voice_from_audio(mimi, wav, voice_seconds))
         config.update(voice_repo="voices", default_voice=voices[0].partition("=")[0])
-        if generation:  # the model's sampling defaults (TtsCheckpoint.generation), e.g. temperature=0
-            table = {}
-            for spec in generation:
-                key, _, value = spec.partition("=")
-                try:
-                    table[key] = json.loads(value)
-                except json.JSONDecodeError:
-                    raise SystemExit(
-                        f"ship-lm: --generation {spec!r}: VALUE must be a number or true/false"
-                    ) from None
+        if table:
             config["generation"] = table
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

@@ -13,7 +13,9 @@
 #   bash scripts/train_bundled.sh stt      # STT on the shipped codec's codes (configs/bundled/stt.toml) -> dsm/models/stt
 #   bash scripts/train_bundled.sh tts      # TTS on the shipped codec's codes (configs/bundled/tts.toml)
 #   bash scripts/train_bundled.sh tts_more # trained on with 4,000 more sentences (tts_more.toml)
-#   bash scripts/train_bundled.sh tts_more2 # and 4,000 more again (tts_more2.toml) -> dsm/models/tts
+#   bash scripts/train_bundled.sh tts_more2 # and 4,000 more again (tts_more2.toml)
+#   bash scripts/train_bundled.sh tts_more3 # and again, a short stage (tts_more3.toml)
+#   bash scripts/train_bundled.sh tts_more4 # and again, a long stage (tts_more4.toml) -> dsm/models/tts
 #   bash scripts/train_bundled.sh judge    # quality figures: codec round trip, STT, TTS (Whisper tiny.en judge)
 #
 # Every training stage resumes from its last checkpoint (runs/bundled/<stage>/checkpoint.pt) when one
@@ -187,14 +189,19 @@ tts)
         --speaker piper:en_US-joe-medium --factor 0.88 --name joe-deep --workers 2
     python scripts/bundled_data.py merge "$DATA/tts_joe.jsonl" "$DATA/piper_all.jsonl" \
         "$DATA/joe_deep/manifest.jsonl"
-    train tts  # shipped by the tts_more2 stage, after more training
+    train tts  # shipped by the tts_more4 stage, after more training
     ;;
-tts_more | tts_more2)
+tts_more | tts_more2 | tts_more3 | tts_more4)
     # the model of the stage before trained on with 4,000 more Piper sentences (new to the corpus and to
-    # every held-out set) and their joe-deep versions; tts_more2 ships it with its sampling defaults
+    # every held-out set) and their joe-deep versions; tts_more4 ships it with its sampling defaults
     # (greedy, soft decoding)
-    if [ "$1" = tts_more ]; then seed=9 before=tts_joe; else seed=10 before=tts_more; fi
-    part=${1#tts_}  # more, more2
+    case $1 in
+    tts_more) seed=9 before=tts_joe ;;
+    tts_more2) seed=10 before=tts_more ;;
+    tts_more3) seed=11 before=tts_more2 ;;
+    tts_more4) seed=12 before=tts_more3 ;;
+    esac
+    part=${1#tts_}  # more, more2, ...
     judge_manifest=()
     [ -f "$DATA/piper_codec_judge/manifest.jsonl" ] && judge_manifest=("$DATA/piper_codec_judge/manifest.jsonl")
     python scripts/bundled_data.py extra-text "$DATA/all.jsonl" "$DATA/$before.jsonl" "${judge_manifest[@]}" \
@@ -206,9 +213,9 @@ tts_more | tts_more2)
     python scripts/bundled_data.py merge "$DATA/$1.jsonl" "$DATA/$before.jsonl" \
         "$DATA/piper_$part/manifest.jsonl" "$DATA/joe_deep_$part/manifest.jsonl" --default-split train
     train "$1" tts
-    if [ "$1" = tts_more2 ]; then
+    if [ "$1" = tts_more4 ]; then
         # the voices: "joe" (default) and "joe-deep", from one training clip each
-        python scripts/bundled_data.py ship-lm tts "$RUNS/tts_more2/export" --manifest "$DATA/tts_joe.jsonl" \
+        python scripts/bundled_data.py ship-lm tts "$RUNS/tts_more4/export" --manifest "$DATA/tts_joe.jsonl" \
             --voice "joe=piper:en_US-joe-medium" --voice "joe-deep=joe-deep" \
             --generation temperature=0 --generation soft_decode=true
     fi

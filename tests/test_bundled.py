@@ -33,8 +33,9 @@ CLIP = json.loads((DATA / "heldout.json").read_text())
 # white noise at -30 dBFS 4.44.
 MAX_ROUND_TRIP_MEL = 1.5
 # Corpus WER of the bundled STT on the bundled TTS's speech of tts_heldout.json's held-out sentences (35
-# words), per voice: measured 17.1 % for `joe` and 42.9 % for `joe-deep` (greedy, so the same on every run
-# of one machine; speech of other sentences scores about 100 %)
+# words), per voice: measured 14.3 % for `joe` and 20.0 % for `joe-deep` (the tts_more4 model; 17.1 / 42.9 %
+# with tts_more2's; greedy, so the same on every run of one machine; speech of other sentences scores about
+# 100 %)
 MAX_TTS_STT_WER = 0.6
 
 

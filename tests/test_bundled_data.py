@@ -147,3 +147,19 @@ def test_tts_codes_writes_what_the_codec_trainer_reads(tmp_path):
     dim = task.setup.mimi.quantizer.rvq_rest.vq.layers[0]._codebook.embedding.shape[1]
     for key, value in load_file(str(soft)).items():
         assert value.dtype == torch.float16 and value.shape == (dim, frames[key])
+
+
+def test_ship_generation_options_are_checked_before_shipping():
+    """`ship-lm --generation` writes a typed table the loader accepts, and refuses unknown options or
+    wrongly typed values (before any file is written, so no half-shipped model is left)."""
+    table = bundled_data.parse_generation(["temperature=0", "soft_decode=true", "top_k=50"])
+    assert table == {"temperature": 0.0, "soft_decode": True, "top_k": 50}
+    assert isinstance(table["temperature"], float)
+    for bad, words in [
+        (["temprature=0"], "unknown option"),
+        (["soft_decode=1"], "must be a bool"),
+        (["top_k=2.5"], "must be an int"),
+        (["temperature=warm"], "must be a number or true/false"),
+    ]:
+        with pytest.raises(SystemExit, match=words):
+            bundled_data.parse_generation(bad)

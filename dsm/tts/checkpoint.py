@@ -34,6 +34,26 @@ GENERATION_OPTIONS: dict[str, type] = {
 }
 
 
+def check_generation(raw: Any, where: str) -> dict[str, Any]:
+    """A config's ``generation`` table checked against `GENERATION_OPTIONS` (CheckpointError naming
+    ``where`` and the key otherwise), its values converted to the options' types."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where}: generation must be a table, got {raw!r}")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        kind = GENERATION_OPTIONS.get(key)
+        at = f"{where}: generation.{key}"
+        if kind is None:
+            raise CheckpointError(f"{at}: unknown option (known: {', '.join(GENERATION_OPTIONS)})")
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if (kind is bool and not isinstance(value, bool)) or (kind is not bool and not numeric):
+            raise CheckpointError(f"{at} must be a {kind.__name__}, got {value!r}")
+        if kind is int and value != int(value):
+            raise CheckpointError(f"{at} must be an int, got {value!r}")
+        out[key] = kind(value)
+    return out
+
+
 @dataclass(frozen=True)
 class TtsConfig:
     """The `tts_config` section of a Kyutai TTS config.json."""
@@ -121,22 +141,7 @@ class TtsCheckpoint(SttCheckpoint):
     def generation(self) -> dict[str, Any]:
         """The config's ``generation`` table (a dsm extension): the `Synthesizer` options this model is
         best run with, used where the caller sets none; empty for Kyutai's models."""
-        raw = self.raw_config.get("generation") or {}
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{self.config_path}: generation must be a table, got {raw!r}")
-        out: dict[str, Any] = {}
-        for key, value in raw.items():
-            kind = GENERATION_OPTIONS.get(key)
-            where = f"{self.config_path}: generation.{key}"
-            if kind is None:
-                raise CheckpointError(f"{where}: unknown option (known: {', '.join(GENERATION_OPTIONS)})")
-            numeric = isinstance(value, int | float) and not isinstance(value, bool)
-            if (kind is bool and not isinstance(value, bool)) or (kind is not bool and not numeric):
-                raise CheckpointError(f"{where} must be a {kind.__name__}, got {value!r}")
-            if kind is int and value != int(value):
-                raise CheckpointError(f"{where} must be an int, got {value!r}")
-            out[key] = kind(value)
-        return out
+        return check_generation(self.raw_config.get("generation") or {}, str(self.config_path))
 
     @classmethod
     def resolve(
