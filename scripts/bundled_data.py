@@ -202,15 +202,18 @@ def ship_lm(
     from dsm.codec import load_mimi
     from dsm.tts.voices import save_voice, voice_from_audio
 
-    table = parse_generation(generation or [])  # checked before anything is written
+    # the options are checked before anything is written
+    if kind == "tts" and not voices:
+        raise SystemExit("ship-lm tts: give at least one --voice NAME=AUDIO")
+    if kind != "tts" and (voices or generation):
+        raise SystemExit("ship-lm: --voice and --generation are for a TTS model")
+    table = parse_generation(generation or [])
     config = json.loads((export / "config.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     for name in (config["moshi_name"], config["tokenizer_name"]):
         shutil.copyfile(export / name, out / name)
     config["mimi_name"] = "../codec/mimi.safetensors"
     if kind == "tts":
-        if not voices:
-            raise SystemExit("ship-lm tts: give at least one --voice NAME=AUDIO")
         mimi = load_mimi(bundled("codec"))
         voice_seconds = float((config.get("tts_config") or {}).get("voice_seconds", voice_seconds))
         (out / "voices").mkdir(exist_ok=True)

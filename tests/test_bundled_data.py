@@ -163,3 +163,18 @@ def test_ship_generation_options_are_checked_before_shipping():
     ]:
         with pytest.raises(SystemExit, match=words):
             bundled_data.parse_generation(bad)
+
+
+@pytest.mark.parametrize(
+    ("kind", "voices", "generation", "words"),
+    [
+        ("tts", [], [], "at least one --voice"),
+        ("tts", ["joe=joe.wav"], ["temprature=0"], "unknown option"),
+        ("stt", [], ["temperature=0"], "for a TTS model"),
+    ],
+)
+def test_ship_lm_refuses_bad_options_before_writing(tmp_path, kind, voices, generation, words):
+    out = tmp_path / "shipped"
+    with pytest.raises(SystemExit, match=words):
+        bundled_data.ship_lm(kind, tmp_path / "export", out, voices, 4.0, tmp_path / "m.jsonl", generation)
+    assert not out.exists()
